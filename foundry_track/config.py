@@ -1,0 +1,178 @@
+"""The ``tracking:`` block: pydantic models, YAML loading, environment overrides
+and secret redaction.
+
+Every error a user can make here ends in one :class:`ConfigError` whose message
+names the field, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Final, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "TrackingConfig",
+    "ConfigError",
+    "load_config",
+    "redact",
+    "flatten",
+    "REDACTED",
+]
+
+REDACTED: Final = "***"
+_SECRET = re.compile(r"key|token|secret|password", re.IGNORECASE)
+
+
+class ConfigError(ValueError):
+    """The tracking configuration is wrong; the message says where and how to fix it."""
+
+
+class TrackingConfig(BaseModel):
+    """The ``tracking:`` block of an experiment's YAML."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    project: str = Field("foundry-track", description="Project the run belongs to (W&B project, MLflow experiment).", examples=["spanish-subject-drop"])
+    entity: str | None = Field(None, description="Team or user that owns the project (W&B entity).", examples=["my-team"])
+    run_name: str | None = Field(None, description="Human-readable run name; defaults to the run id.", examples=["exp0-baseline"])
+    run_id: str | None = Field(None, description="Fixed run id (8+ characters of [a-z0-9]); generated when omitted.", examples=["exp0a1b2"])
+    group: str | None = Field(None, description="Group runs together (W&B group, an MLflow tag, a TensorBoard subdirectory).", examples=["sweep-3"])
+    tags: list[str] = Field(default_factory=list, description="Tags attached to the run in every backend.", examples=[["baseline", "gpt2"]])
+    notes: str | None = Field(None, description="Free-text description of the run.", examples=["first try with warmup"])
+    backends: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"tensorboard": {}},
+        description="Backend name -> that backend's options (validated by the backend). `FOUNDRY_TRACK_BACKENDS=a,b` overrides the selection.",
+        examples=[{"tensorboard": {}, "mlflow": {"tracking_uri": "sqlite:///mlflow.db"}}],
+    )
+    fallback: str | None = Field("tensorboard", description="Backend switched on when a configured backend cannot start; null for none.", examples=["tensorboard"])
+    dir: Path = Field(Path("runs"), description="Root folder of run directories (journal, run.json, local backend files). `FOUNDRY_TRACK_DIR` overrides it.", examples=["runs"])
+    mode: Literal["online", "disabled"] = Field("online", description="`disabled` turns tracking off: no files, no threads. `FOUNDRY_TRACK_MODE` overrides it.", examples=["disabled"])
+    flush_timeout: float = Field(30.0, ge=0, description="Seconds `finish()` waits for backends before reporting what is undelivered.", examples=[30.0])
+    start_timeout: float = Field(60.0, gt=0, description="Seconds a backend may take to start before the fallback takes over.", examples=[60.0])
+    every_n_steps: int = Field(1, ge=1, description="Keep metrics only at steps divisible by N (1 keeps all).", examples=[10])
+    journal_flush_interval: float = Field(0.1, gt=0, le=10, description="Seconds between journal commits: the most a hard crash (SIGKILL) can lose.", examples=[0.1])
+    strict: bool = Field(False, description="Re-raise backend errors instead of isolating them (tests, plugin authors).", examples=[False])
+
+
+def _closest(key: str, candidates: list[str]) -> str:
+    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    return f"; did you mean {match[0]!r}?" if match else f"; valid keys: {', '.join(sorted(candidates))}"
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: str) -> str:
+    """Turn pydantic's errors into lines that name the path, the value and the fix."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        path = ".".join([prefix, *loc]) if prefix else ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            # Walk the model to find the valid siblings of the unknown key.
+            target: Any = model
+            for part in loc[:-1]:
+                field = getattr(target, "model_fields", {}).get(part)
+                target = getattr(field, "annotation", None)
+            fields = list(getattr(target, "model_fields", {}) or {})
+            lines.append(f"unknown key {path!r}{_closest(loc[-1], fields)}")
+        else:
+            value = err.get("input")
+            lines.append(f"{path}: {err['msg']} (got {value!r})")
+    return "\n".join(lines)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from exc
+
+
+def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | TrackingConfig | None) -> TrackingConfig:
+    """Build a :class:`TrackingConfig` from a YAML path, a dict or a model.
+
+    A YAML file or dict may hold the block itself or a top-level ``tracking:``
+    key (the rest of an experiment config is then ignored). Environment
+    overrides are applied last: ``FOUNDRY_TRACK_BACKENDS``, ``FOUNDRY_TRACK_MODE``
+    and ``FOUNDRY_TRACK_DIR``.
+    """
+    origin = "tracking"
+    if source is None:
+        cfg = TrackingConfig()
+    elif isinstance(source, TrackingConfig):
+        cfg = source.model_copy(deep=True)
+    else:
+        if isinstance(source, (str, os.PathLike)):
+            data = _read_yaml(Path(source))
+            origin = f"{source}: tracking"
+        else:
+            data = source
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{origin}: expected a mapping of tracking options, got {type(data).__name__}")
+        if "tracking" in data:
+            data = data["tracking"] or {}
+            if not isinstance(data, Mapping):
+                raise ConfigError(f"{origin}: expected a mapping, got {type(data).__name__}")
+        try:
+            cfg = TrackingConfig.model_validate(dict(data))
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, TrackingConfig, origin)) from None
+    return _apply_env(cfg)
+
+
+def _apply_env(cfg: TrackingConfig) -> TrackingConfig:
+    selected = os.environ.get("FOUNDRY_TRACK_BACKENDS")
+    if selected is not None:
+        names = [n.strip() for n in selected.split(",") if n.strip()]
+        cfg.backends = {name: cfg.backends.get(name, {}) for name in names}
+    mode = os.environ.get("FOUNDRY_TRACK_MODE")
+    if mode:
+        if mode not in ("online", "disabled"):
+            raise ConfigError(f"FOUNDRY_TRACK_MODE={mode!r}: expected 'online' or 'disabled'")
+        cfg.mode = mode  # type: ignore[assignment]
+    if os.environ.get("FOUNDRY_TRACK_DIR"):
+        cfg.dir = Path(os.environ["FOUNDRY_TRACK_DIR"])
+    return cfg
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(_SECRET.search(key))
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` with every value under a secret-looking key replaced.
+
+    A key is secret when it contains ``key``, ``token``, ``secret`` or
+    ``password`` (any case) — ``WANDB_API_KEY``, ``hf_token``, ``db.password``.
+    """
+    if isinstance(value, Mapping):
+        return {k: (REDACTED if isinstance(k, str) and is_secret_key(k) and v is not None else redact(v))
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return value
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``; lists and other values are kept whole."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat

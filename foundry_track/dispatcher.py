@@ -1,0 +1,348 @@
+"""Fan-out: every backend reads the journal on its own worker thread.
+
+The training thread only appends to the journal. Each backend has one worker
+that starts the backend (bounded by ``start_timeout``), then reads the journal
+from its own delivered position, groups consecutive metric rows into one
+batch, calls the backend's hook, and moves its position only after the hook
+returned. A backend that raises is reported once, retried with backoff, and
+never touches the training loop or the other workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Final, Iterator, Mapping
+
+from pydantic import BaseModel
+
+from foundry_track.events import (
+    AlertEvent,
+    ArtifactEvent,
+    HistogramEvent,
+    ImageEvent,
+    MetricRow,
+    RunInfo,
+    Status,
+    TableEvent,
+    TextEvent,
+)
+from foundry_track.journal import Journal, Record
+from foundry_track.plugins import BackendHooks
+
+__all__ = ["Dispatcher", "TransientError", "BackendError", "is_transient"]
+
+_log = logging.getLogger("foundry_track")
+BATCH_LIMIT: Final = 2000  # records per read: bounds a lagging backend's memory
+_MAX_PERMANENT_ATTEMPTS: Final = 3
+_BACKOFF_CAP: Final = 30.0
+
+
+class TransientError(Exception):
+    """Raise from a hook for an error worth retrying (server busy, network down)."""
+
+
+class BackendError(RuntimeError):
+    """A backend failed and the run is ``strict``."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    # OSError covers ConnectionError, TimeoutError, socket errors and the
+    # requests/urllib3 exceptions that SDKs let through.
+    return isinstance(exc, (TransientError, OSError))
+
+
+_EVENT_TYPES: Final[dict[str, tuple[str, str, type]]] = {
+    "image": ("tracker_log_image", "image", ImageEvent),
+    "histogram": ("tracker_log_histogram", "histogram", HistogramEvent),
+    "table": ("tracker_log_table", "table", TableEvent),
+    "text": ("tracker_log_text", "text", TextEvent),
+    "artifact": ("tracker_log_artifact", "artifact", ArtifactEvent),
+    "alert": ("tracker_alert", "alert", AlertEvent),
+}
+
+
+def to_event(record: Record) -> Any:
+    """Rebuild the event dataclass a hook receives from a journal record."""
+    hook, _, cls = _EVENT_TYPES[record.kind]
+    data = dict(record.data)
+    if "path" in data:
+        data["path"] = Path(data["path"])
+    for name in ("edges", "counts", "columns"):
+        if name in data:
+            data[name] = tuple(data[name])
+    if "rows" in data:
+        data["rows"] = tuple(tuple(r) for r in data["rows"])
+    return cls(step=record.step, time=record.time, **data)
+
+
+def hook_groups(records: list[Record]) -> Iterator[tuple[str | None, str, dict[str, Any], int, int]]:
+    """Yield ``(hook, kind, kwargs, last_seq, n_events)``; consecutive metrics are one batch."""
+    i, n = 0, len(records)
+    while i < n:
+        rec = records[i]
+        if rec.kind == "metrics":
+            j = i
+            while j < n and records[j].kind == "metrics":
+                j += 1
+            rows = [MetricRow(r.step, r.time, r.data) for r in records[i:j]]
+            yield "tracker_log_metrics", "metrics", {"rows": rows}, records[j - 1].seq, j - i
+            i = j
+            continue
+        if rec.kind == "params":
+            yield "tracker_log_params", "params", {"params": rec.data}, rec.seq, 1
+        elif rec.kind in _EVENT_TYPES:
+            hook, arg, _ = _EVENT_TYPES[rec.kind]
+            yield hook, rec.kind, {arg: to_event(rec)}, rec.seq, 1
+        else:  # "dropped" records and kinds from a newer version
+            yield None, rec.kind, {}, rec.seq, 1
+        i += 1
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    events: int = 0
+    retries: int = 0
+    errors: int = 0
+    busy_s: float = 0.0
+
+
+@dataclass(eq=False)
+class Worker:
+    """One backend's thread and its place in the journal."""
+
+    name: str
+    hooks: BackendHooks
+    options: BaseModel
+    resume_state: Mapping[str, str]
+    dispatcher: Dispatcher
+    state: str = "new"  # starting, running, start_failed, gave_up, finished, abandoned
+    pos: int = 0
+    stats: WorkerStats = field(default_factory=WorkerStats)
+    done: threading.Event = field(default_factory=threading.Event)
+    abandon: threading.Event = field(default_factory=threading.Event)
+    error_reported: bool = False
+    skipped_kinds: set[str] = field(default_factory=set)
+    thread: threading.Thread | None = None
+
+    def begin(self, *, synchronous: bool = False) -> None:
+        self.pos = self.dispatcher.journal.position(self.name)
+        if synchronous:
+            self._main()
+            return
+        self.thread = threading.Thread(target=self._main, name=f"foundry-track-{self.name}", daemon=True)
+        self.thread.start()
+
+    # -- the thread -------------------------------------------------------- #
+
+    def _main(self) -> None:
+        try:
+            if self._start() and self._deliver():
+                self.state = "finished"
+            self._finish()
+        except BaseException as exc:  # noqa: BLE001 - nothing may escape a worker
+            self.dispatcher.report(self, "worker", exc, 0)
+        finally:
+            self.done.set()
+
+    def _start(self) -> bool:
+        d = self.dispatcher
+        self.state = "starting"
+        timer = threading.Timer(d.start_timeout, self._start_timed_out)
+        timer.daemon = True
+        timer.start()
+        try:
+            identity = self.hooks.call(
+                "tracker_start", run=d.run_info, options=self.options, resume_state=dict(self.resume_state)
+            )
+        except Exception as exc:  # noqa: BLE001
+            timer.cancel()
+            if self.state == "starting":
+                self.state = "start_failed"
+                d.start_failed(self, exc)
+            return False
+        timer.cancel()
+        if self.state != "starting":  # the timeout fired first; the fallback has taken over
+            return False
+        self.state = "running"
+        if identity:
+            d.save_identity(self.name, {str(k): str(v) for k, v in dict(identity).items()})
+        return True
+
+    def _start_timed_out(self) -> None:
+        if self.state == "starting":
+            self.state = "start_failed"
+            self.dispatcher.start_failed(
+                self, TimeoutError(f"tracker_start did not return within {self.dispatcher.start_timeout:g} s")
+            )
+
+    def _deliver(self) -> bool:
+        d, journal = self.dispatcher, self.dispatcher.journal
+        while not self.abandon.is_set():
+            records = journal.read_after(self.pos, BATCH_LIMIT)
+            if not records:
+                # `closing` is set only after the final journal flush, so once it
+                # is set, last_seq is final.
+                if d.closing.is_set() and journal.last_seq <= self.pos:
+                    return True
+                journal.wait_for(self.pos, 0.25)
+                continue
+            for hook, kind, kwargs, last_seq, count in hook_groups(records):
+                if hook is None or hook not in self.hooks.implemented:
+                    self._skip(kind)
+                elif not self._call(hook, kwargs, count):
+                    return False
+                self.pos = last_seq
+                journal.set_position(self.name, last_seq)
+        return False
+
+    def _skip(self, kind: str) -> None:
+        if kind not in self.skipped_kinds and kind not in ("params", "dropped"):
+            self.skipped_kinds.add(kind)
+            _log.info("backend %r cannot show %s events; skipping them for this run", self.name, kind)
+
+    def _call(self, hook: str, kwargs: dict[str, Any], count: int) -> bool:
+        d = self.dispatcher
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                self.hooks.call(hook, **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                self.stats.errors += 1
+                attempt += 1
+                d.report(self, hook, exc, count)
+                if d.strict:
+                    self.state = "gave_up"
+                    return False
+                if not is_transient(exc) and attempt >= _MAX_PERMANENT_ATTEMPTS:
+                    self.state = "gave_up"
+                    _log.error(
+                        "backend %r gave up after %d attempts; its remaining events stay in the journal: "
+                        "foundry-track sync %s --backend %s", self.name, attempt, d.run_info.dir, self.name,
+                    )
+                    return False
+                self.stats.retries += 1
+                if self.abandon.wait(min(0.5 * 2 ** (attempt - 1), _BACKOFF_CAP)):
+                    return False
+                continue
+            self.stats.busy_s += time.perf_counter() - started
+            self.stats.batches += 1
+            self.stats.events += count
+            return True
+
+    def _finish(self) -> None:
+        if self.state not in ("finished", "gave_up") or self.abandon.is_set():
+            return
+        try:
+            self.hooks.call("tracker_finish", status=self.dispatcher.status)
+        except Exception as exc:  # noqa: BLE001
+            self.dispatcher.report(self, "tracker_finish", exc, 0)
+
+    def pending(self) -> int:
+        return max(0, self.dispatcher.journal.last_seq - self.pos)
+
+
+class Dispatcher:
+    """Owns the workers of one run: start, fallback, errors, bounded finish."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        run_info: RunInfo,
+        *,
+        start_timeout: float,
+        strict: bool,
+        fallback: Callable[[str], Worker | None] | None = None,
+        on_identity: Callable[[str, dict[str, str]], None] | None = None,
+    ) -> None:
+        self.journal = journal
+        self.run_info = run_info
+        self.start_timeout = start_timeout
+        self.strict = strict
+        self.workers: dict[str, Worker] = {}
+        self.closing = threading.Event()
+        self.status: Status = "success"
+        self.error: BaseException | None = None
+        self._fallback = fallback
+        self._on_identity = on_identity
+        self._lock = threading.Lock()
+
+    def add(self, name: str, hooks: BackendHooks, options: BaseModel, resume_state: Mapping[str, str],
+            *, synchronous: bool = False) -> Worker:
+        worker = Worker(name, hooks, options, resume_state, self)
+        with self._lock:
+            self.workers[name] = worker
+        self.journal.register_backend(name)
+        worker.begin(synchronous=synchronous)
+        return worker
+
+    # -- called from workers ----------------------------------------------- #
+
+    def report(self, worker: Worker, hook: str, exc: BaseException, count: int) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        try:
+            self.journal.record_error(worker.name, message)
+        except Exception:  # noqa: BLE001 - reporting must not fail the worker
+            pass
+        if self.strict and self.error is None:
+            self.error = exc
+        if not worker.error_reported:
+            worker.error_reported = True
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            if hook in ("tracker_start", "tracker_finish", "worker"):
+                retry = "not retried"
+            else:
+                retry = "retrying with backoff" if is_transient(exc) else "retrying a few times"
+            _log.error(
+                "backend %r failed in %s (%d events affected; %s; the training loop is not affected). "
+                "Later errors of this backend are counted, not printed.\n%s",
+                worker.name, hook, count, retry, tb,
+            )
+        else:
+            _log.debug("backend %r failed again in %s: %s", worker.name, hook, message)
+
+    def start_failed(self, worker: Worker, exc: BaseException) -> None:
+        self.report(worker, "tracker_start", exc, 0)
+        fallback = self._fallback(worker.name) if self._fallback else None
+        also = f"; events now also go to the fallback backend {fallback.name!r}" if fallback else ""
+        _log.warning(
+            "backend %r could not start (%s: %s). Its events are kept in the journal%s. "
+            "Deliver them later with: foundry-track sync %s --backend %s",
+            worker.name, type(exc).__name__, exc, also, self.run_info.dir, worker.name,
+        )
+        worker.done.set()
+
+    def save_identity(self, name: str, identity: dict[str, str]) -> None:
+        if self._on_identity is not None:
+            self._on_identity(name, identity)
+
+    # -- called from the run ----------------------------------------------- #
+
+    def finish(self, status: Status, timeout: float) -> dict[str, int]:
+        """Deliver what is left within ``timeout`` seconds; return undelivered counts."""
+        deadline = time.monotonic() + timeout
+        self.status = status
+        self.journal.flush()
+        self.closing.set()
+        workers = list(self.workers.values())
+        for worker in workers:
+            worker.done.wait(max(0.0, deadline - time.monotonic()))
+        undelivered: dict[str, int] = {}
+        for worker in workers:
+            if not worker.done.is_set():
+                worker.abandon.set()
+                worker.state = "abandoned"
+            pending = worker.pending()
+            if pending:
+                undelivered[worker.name] = pending
+                _log.warning(
+                    "backend %r: %d events not delivered (%s). Deliver them with: foundry-track sync %s --backend %s",
+                    worker.name, pending, worker.state, self.run_info.dir, worker.name,
+                )
+        return undelivered

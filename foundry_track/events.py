@@ -1,0 +1,130 @@
+"""The events that travel from ``Run`` through the journal to every backend.
+
+They are plain frozen dataclasses: cheap to build on the training thread, easy to
+serialise into the journal, and safe to hand to several backend threads at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, Mapping, Union
+
+__all__ = [
+    "Status",
+    "AlertLevel",
+    "ParamValue",
+    "RunInfo",
+    "MetricRow",
+    "ImageEvent",
+    "HistogramEvent",
+    "TableEvent",
+    "TextEvent",
+    "ArtifactEvent",
+    "AlertEvent",
+    "STATUSES",
+]
+
+Status = Literal["success", "failed", "killed"]
+STATUSES: Final = ("success", "failed", "killed")
+AlertLevel = Literal["info", "warn", "error"]
+ParamValue = Union[str, int, float, bool, None]
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """Who the run is: what every backend receives at start.
+
+    ``config`` is the user's configuration with secrets already replaced by
+    ``***``; ``dir`` is the run directory, which a backend may write below.
+    """
+
+    id: str
+    name: str
+    project: str
+    entity: str | None
+    tags: tuple[str, ...]
+    notes: str | None
+    group: str | None
+    config: Mapping[str, Any]
+    dir: Path
+    resumed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MetricRow:
+    """All scalars of one ``run.log`` call: one step, one wall time."""
+
+    step: int
+    time: float
+    values: Mapping[str, float | int]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageEvent:
+    """An image already encoded as PNG, stored in the run directory."""
+
+    key: str
+    step: int
+    time: float
+    path: Path
+    caption: str | None = None
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramEvent:
+    """A histogram: ``len(counts) == len(edges) - 1`` plus the raw statistics."""
+
+    key: str
+    step: int
+    time: float
+    edges: tuple[float, ...]
+    counts: tuple[float, ...]
+    min: float
+    max: float
+    num: int
+    sum: float
+    sum_squares: float
+
+
+@dataclass(frozen=True, slots=True)
+class TableEvent:
+    key: str
+    step: int
+    time: float
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TextEvent:
+    key: str
+    step: int
+    time: float
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactEvent:
+    """A file or directory to upload. Backends read it from ``path``; the journal
+    keeps only the path and its content hash, never the bytes."""
+
+    path: Path
+    type: str
+    name: str
+    step: int
+    time: float
+    digest: str
+    description: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    title: str
+    text: str
+    level: AlertLevel
+    step: int
+    time: float

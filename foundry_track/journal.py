@@ -1,0 +1,281 @@
+"""The run's durable, append-only event log, and each backend's place in it.
+
+Storage is SQLite in WAL mode (``journal.db`` in the run directory) rather than
+a home-made framed log, because it gives us for free what we would otherwise
+have to write and test: atomic commits that survive a SIGKILL, readers in other
+processes (``foundry-track sync``, ``runs``, ``export``) while the run is live,
+recovery of a torn tail, and queries for the CLI. ``synchronous=NORMAL``: a
+commit is safe against a process crash, not against power loss — the trade a
+training job wants, since an fsync per commit would cost milliseconds.
+
+The training thread never touches SQLite: :meth:`Journal.append` is a
+``deque.append`` (atomic under the GIL). One writer thread commits whatever has
+accumulated every ``flush_interval`` seconds; a process killed with SIGKILL
+loses at most the events of one interval. Committed records are also kept in a
+small in-memory tail so backends that keep up never read the disk; a backend
+that falls behind reads from the file, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Final, Iterator, NamedTuple
+
+__all__ = ["Journal", "Record", "JOURNAL_FILE"]
+
+JOURNAL_FILE: Final = "journal.db"
+_TAIL_RECORDS: Final = 8192  # ~ a few MB of recent events kept for fast readers
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS events (
+    seq  INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    time REAL NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_kind_step ON events (kind, step);
+CREATE TABLE IF NOT EXISTS positions (
+    backend    TEXT PRIMARY KEY,
+    seq        INTEGER NOT NULL,
+    errors     INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    updated    REAL NOT NULL
+);
+"""
+
+
+class Record(NamedTuple):
+    seq: int
+    kind: str
+    step: int
+    time: float
+    data: Any
+
+
+def _number(value: Any) -> float | int:
+    """Turn what ``Run.log`` accepted into a plain number, off the training thread.
+
+    This is where a CUDA tensor handed to ``run.log`` is synchronised, on the
+    journal's thread rather than the training step.
+    """
+    if type(value) in (float, int):
+        return value
+    item = getattr(value, "item", None)
+    if item is not None:
+        value = item()
+    if isinstance(value, bool):
+        return int(value)
+    return value if isinstance(value, int) else float(value)
+
+
+def _encode(kind: str, data: Any) -> tuple[Any, str]:
+    if kind == "metrics":
+        data = {k: _number(v) for k, v in data.items()}
+    return data, json.dumps(data, separators=(",", ":"), default=str)
+
+
+def _decode_json(text: str) -> Any:
+    # NaN and inf are written as JSON's NaN/Infinity extensions and read back.
+    return json.loads(text, parse_constant=lambda c: {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[c])
+
+
+class Journal:
+    """One run's event log. Safe to use from many threads.
+
+    ``append`` may be called from any thread; ``read_after``, ``position`` and
+    ``set_position`` each use a per-thread SQLite connection.
+    """
+
+    def __init__(self, path: Path, *, flush_interval: float = 0.1, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.flush_interval = flush_interval
+        self.readonly = readonly
+        self._pending: deque[tuple[str, int, float, Any]] = deque()
+        self._local = threading.local()
+        self._committed = threading.Condition()
+        self._tail: deque[Record] = deque(maxlen=_TAIL_RECORDS)
+        self._write_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
+        self.write_error: BaseException | None = None
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as con:
+                con.executescript(_SCHEMA)
+        row = self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+        self._last_seq: int = row[0]
+
+    # -- connections ------------------------------------------------------- #
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
+        else:
+            con = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+        return con
+
+    def _conn(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = self._connect()
+        return con
+
+    # -- producer side ----------------------------------------------------- #
+
+    def append(self, kind: str, step: int, time_: float, data: Any) -> None:
+        """Queue one event; it is committed by the writer thread within one interval."""
+        self._pending.append((kind, step, time_, data))
+
+    def start(self) -> None:
+        """Start the writer thread that commits pending events every interval."""
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="foundry-track-journal", daemon=True)
+            self._writer.start()
+
+    def _write_loop(self) -> None:
+        while not self._stop.wait(self.flush_interval):
+            self.flush()
+        self.flush()
+
+    def flush(self) -> int:
+        """Commit everything appended so far; return the last committed seq."""
+        with self._write_lock:
+            pending = self._pending
+            count = len(pending)
+            if count == 0:
+                return self._last_seq
+            # popleft is atomic, so producers may keep appending meanwhile.
+            batch = [pending.popleft() for _ in range(count)]
+            seq = self._last_seq
+            records: list[Record] = []
+            rows: list[tuple[int, str, int, float, str]] = []
+            for kind, step, t, data in batch:
+                try:
+                    data, text = _encode(kind, data)
+                except Exception as exc:  # noqa: BLE001 - a bad value must not stop the journal
+                    data, text = {"error": f"could not encode {kind} event: {exc!r}"}, None
+                    kind = "dropped"
+                    text = json.dumps(data)
+                seq += 1
+                records.append(Record(seq, kind, step, t, data))
+                rows.append((seq, kind, step, t, text))
+            try:
+                con = self._conn()
+                con.execute("BEGIN")
+                con.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
+                con.execute("COMMIT")
+            except sqlite3.Error as exc:
+                # Keep the events in memory and try again next interval: a full
+                # disk is transient, and losing metrics is not an option.
+                try:
+                    con.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                self.write_error = exc
+                pending.extendleft(reversed(batch))
+                return self._last_seq
+            self.write_error = None
+            with self._committed:
+                self._tail.extend(records)
+                self._last_seq = seq
+                self._committed.notify_all()
+            return seq
+
+    def close(self) -> None:
+        """Stop the writer after a final flush."""
+        self._stop.set()
+        if self._writer is not None:
+            self._writer.join(timeout=30)
+            self._writer = None
+        else:
+            self.flush()
+
+    # -- reader side ------------------------------------------------------- #
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def refresh(self) -> int:
+        """Re-read the last seq from disk (for readers in another process)."""
+        row = self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+        self._last_seq = max(self._last_seq, row[0])
+        return self._last_seq
+
+    def wait_for(self, after_seq: int, timeout: float) -> bool:
+        """Block until a record with seq > ``after_seq`` is committed, or timeout."""
+        with self._committed:
+            return self._committed.wait_for(lambda: self._last_seq > after_seq, timeout)
+
+    def read_after(self, seq: int, limit: int = 1000) -> list[Record]:
+        """Up to ``limit`` committed records with seq > ``seq``, in order."""
+        with self._committed:
+            tail = self._tail
+            if tail and tail[0].seq <= seq + 1 <= tail[-1].seq:
+                start = seq + 1 - tail[0].seq
+                return [tail[i] for i in range(start, min(start + limit, len(tail)))]
+        rows = self._conn().execute(
+            "SELECT seq, kind, step, time, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        ).fetchall()
+        return [Record(s, k, st, t, _decode_json(d)) for s, k, st, t, d in rows]
+
+    def iter_records(self, kind: str | None = None, batch: int = 5000) -> Iterator[Record]:
+        """Every committed record (optionally of one kind), in order, read from disk."""
+        last = 0
+        while True:
+            if kind is None:
+                query, args = "SELECT seq, kind, step, time, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (last, batch)
+            else:
+                query = "SELECT seq, kind, step, time, data FROM events WHERE kind = ? AND seq > ? ORDER BY seq LIMIT ?"
+                args = (kind, last, batch)  # type: ignore[assignment]
+            rows = self._conn().execute(query, args).fetchall()
+            if not rows:
+                return
+            for s, k, st, t, d in rows:
+                yield Record(s, k, st, t, _decode_json(d))
+            last = rows[-1][0]
+
+    def max_step(self) -> int | None:
+        row = self._conn().execute("SELECT MAX(step) FROM events WHERE kind = 'metrics'").fetchone()
+        return row[0]
+
+    # -- delivery positions ------------------------------------------------ #
+
+    def position(self, backend: str) -> int:
+        row = self._conn().execute("SELECT seq FROM positions WHERE backend = ?", (backend,)).fetchone()
+        return row[0] if row else 0
+
+    def positions(self) -> dict[str, dict[str, Any]]:
+        rows = self._conn().execute("SELECT backend, seq, errors, last_error, updated FROM positions").fetchall()
+        return {b: {"seq": s, "errors": e, "last_error": le, "updated": u} for b, s, e, le, u in rows}
+
+    def set_position(self, backend: str, seq: int) -> None:
+        """Record that ``backend`` has every event up to ``seq`` (its hook returned)."""
+        self._conn().execute(
+            "INSERT INTO positions (backend, seq, updated) VALUES (?, ?, ?) "
+            "ON CONFLICT(backend) DO UPDATE SET seq = excluded.seq, updated = excluded.updated",
+            (backend, seq, time.time()),
+        )
+
+    def record_error(self, backend: str, message: str) -> None:
+        self._conn().execute(
+            "INSERT INTO positions (backend, seq, errors, last_error, updated) VALUES (?, 0, 1, ?, ?) "
+            "ON CONFLICT(backend) DO UPDATE SET errors = errors + 1, last_error = excluded.last_error, "
+            "updated = excluded.updated",
+            (backend, message, time.time()),
+        )
+
+    def register_backend(self, backend: str) -> None:
+        """Make ``backend`` known with position 0 so ``sync`` sees it even if it never started."""
+        self._conn().execute(
+            "INSERT OR IGNORE INTO positions (backend, seq, updated) VALUES (?, 0, ?)", (backend, time.time())
+        )

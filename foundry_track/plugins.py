@@ -1,0 +1,222 @@
+"""Finding backends in the ``foundry_track`` entry-point group and wiring them
+into a pluggy PluginManager.
+
+Loud when loading: an entry point that fails to import is kept with its
+traceback (the others still load), a misspelled hook is an error naming the
+plugin. Quiet when calling: the dispatcher talks to each backend through
+:class:`BackendHooks`, never through the ``Any``-typed ``pm.hook``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
+from typing import Any, Callable, Final, Mapping
+
+import pluggy
+from pydantic import BaseModel, ConfigDict
+
+from foundry_track import hookspecs
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "BackendInfo",
+    "PluginError",
+    "discover",
+    "build_plugin_manager",
+    "BackendHooks",
+    "NoOptions",
+]
+
+ENTRY_POINT_GROUP: Final = "foundry_track"
+HOOK_NAMES: Final = tuple(hookspecs.__all__)
+_log = logging.getLogger("foundry_track")
+
+
+class PluginError(RuntimeError):
+    """A backend plugin could not be loaded or does not follow the contract."""
+
+
+class NoOptions(BaseModel):
+    """Options of a backend that declares none: any key is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    """One entry point of the ``foundry_track`` group, loaded or not."""
+
+    name: str
+    value: str
+    distribution: str | None
+    version: str | None
+    plugin: Any | None  # the loaded class or module
+    error: str | None  # traceback of a failed import
+    unavailable: str | None  # why it cannot run here, with the fix
+
+    @property
+    def available(self) -> bool:
+        return self.plugin is not None and self.error is None and self.unavailable is None
+
+    @property
+    def problem(self) -> str | None:
+        if self.error is not None:
+            return f"failed to load entry point {self.name} = {self.value}:\n{self.error}"
+        return self.unavailable
+
+
+def _env_list(name: str) -> set[str]:
+    return {item.strip() for item in os.environ.get(name, "").split(",") if item.strip()}
+
+
+@lru_cache(maxsize=1)
+def _discover_cached() -> tuple[BackendInfo, ...]:
+    blocked = _env_list("FOUNDRY_TRACK_DISABLE_PLUGINS")
+    found: dict[str, BackendInfo] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in blocked or ep.name in found:
+            # First distribution on sys.path wins, like importlib itself.
+            continue
+        dist = getattr(ep, "dist", None)
+        dist_name = dist.metadata["Name"] if dist is not None else None
+        version = dist.version if dist is not None else None
+        try:
+            plugin = ep.load()
+        except Exception:  # noqa: BLE001 - a broken plugin must not stop the others
+            found[ep.name] = BackendInfo(
+                ep.name, ep.value, dist_name, version, None, traceback.format_exc(), None
+            )
+            continue
+        unavailable = _call_static(plugin, "tracker_unavailable")
+        found[ep.name] = BackendInfo(
+            ep.name, ep.value, dist_name, version, plugin, None, unavailable
+        )
+    return tuple(sorted(found.values(), key=lambda info: info.name))
+
+
+def discover(*, refresh: bool = False) -> dict[str, BackendInfo]:
+    """Every backend in the entry-point group, by name (cached per process).
+
+    ``FOUNDRY_TRACK_DISABLE_PLUGINS=a,b`` hides entry points by name, a kill
+    switch for a broken third-party plugin.
+    """
+    if refresh:
+        _discover_cached.cache_clear()
+    return {info.name: info for info in _discover_cached()}
+
+
+def instantiate(info: BackendInfo) -> Any:
+    """One plugin object per run: a class is instantiated, a module is used as is."""
+    if info.plugin is None:
+        raise PluginError(info.problem or f"backend {info.name!r} is not loaded")
+    return info.plugin() if inspect.isclass(info.plugin) else info.plugin
+
+
+def _call_static(plugin: Any, hook_name: str) -> Any:
+    """Call a discovery hook on a freshly made plugin, through pluggy."""
+    pm = _new_manager()
+    obj = plugin() if inspect.isclass(plugin) else plugin
+    pm.register(obj, name="probe")
+    return getattr(pm.hook, hook_name)()
+
+
+def options_model(info: BackendInfo) -> type[BaseModel]:
+    model = _call_static(info.plugin, "tracker_options_model")
+    return model if model is not None else NoOptions
+
+
+def _new_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def _check_contract(name: str, plugin: Any, pm: pluggy.PluginManager) -> None:
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"backend {name!r}: {exc}") from exc
+    registered = {impl.function.__name__ for hook in pm.hook.__dict__.values()
+                  if isinstance(hook, pluggy.HookCaller)
+                  for impl in hook.get_hookimpls() if impl.plugin is plugin}
+    for attr in dir(plugin):
+        if attr.startswith("tracker_") and attr not in registered and callable(getattr(plugin, attr)):
+            raise PluginError(
+                f"backend {name!r} defines {attr}() without @foundry_track.hookimpl, "
+                f"so it would never be called. Mark it, or rename it if it is a helper."
+            )
+
+
+def build_plugin_manager(
+    plugins: Mapping[str, Any], *, trace: bool | None = None
+) -> pluggy.PluginManager:
+    """A PluginManager holding one object per backend, registered under its name."""
+    pm = _new_manager()
+    for name, plugin in plugins.items():
+        try:
+            pm.register(plugin, name=name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            raise PluginError(f"backend {name!r}: {exc}") from exc
+        _check_contract(name, plugin, pm)
+    if trace if trace is not None else os.environ.get("FOUNDRY_TRACK_TRACE", "") not in ("", "0"):
+        _add_trace(pm)
+    return pm
+
+
+def _add_trace(pm: pluggy.PluginManager) -> None:
+    started: dict[int, float] = {}
+    trace_log = logging.getLogger("foundry_track.trace")
+
+    def before(hook_name: str, impls: list[Any], kwargs: Mapping[str, Any]) -> None:
+        started[id(kwargs)] = time.perf_counter()
+
+    def after(outcome: Any, hook_name: str, impls: list[Any], kwargs: Mapping[str, Any]) -> None:
+        elapsed = time.perf_counter() - started.pop(id(kwargs), time.perf_counter())
+        size = next((len(v) for v in kwargs.values() if isinstance(v, (list, tuple, dict))), 1)
+        failed = " FAILED" if outcome.exception is not None else ""
+        for impl in impls:
+            trace_log.warning(
+                "%s.%s batch=%d %.3f ms%s", impl.plugin_name, hook_name, size, elapsed * 1e3, failed
+            )
+
+    pm.add_hookcall_monitoring(before, after)
+
+
+class BackendHooks:
+    """Typed calls into exactly one backend of a PluginManager.
+
+    pluggy stops at the first exception of a multi-plugin call, so the
+    dispatcher never calls ``pm.hook.X`` for all backends at once: it calls each
+    backend through its own subset caller and handles its errors alone.
+    """
+
+    __slots__ = ("name", "implemented", "_callers")
+
+    def __init__(self, pm: pluggy.PluginManager, name: str) -> None:
+        plugin = pm.get_plugin(name)
+        others = [p for n, p in pm.list_name_plugin() if n != name]
+        self.name = name
+        self._callers: dict[str, Callable[..., Any]] = {}
+        self.implemented: frozenset[str] = frozenset(
+            hook for hook in HOOK_NAMES
+            if any(impl.plugin is plugin for impl in getattr(pm.hook, hook).get_hookimpls())
+        )
+        for hook in self.implemented:
+            self._callers[hook] = pm.subset_hook_caller(hook, others) if others else getattr(pm.hook, hook)
+
+    def call(self, hook: str, **kwargs: Any) -> Any:
+        caller = self._callers.get(hook)
+        if caller is None:
+            return None
+        result = caller(**kwargs)
+        # firstresult hooks give the value; the others a one-item list.
+        if isinstance(result, list):
+            return result[0] if result else None
+        return result

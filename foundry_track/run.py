@@ -1,0 +1,499 @@
+"""The ``Run`` a training loop holds, ``init`` that makes one, and ``sync``.
+
+``Run.log`` is the hot path: it checks the values, stamps step and time, and
+appends to the journal's in-memory queue. It never does I/O and never waits on
+a backend.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import numbers
+import os
+import re
+import secrets
+import socket
+import string
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Final, Mapping
+
+from pydantic import BaseModel, ValidationError
+
+from foundry_track.config import ConfigError, TrackingConfig, flatten, format_validation_error, load_config, redact
+from foundry_track.dispatcher import BackendError, Dispatcher, Worker
+from foundry_track.events import STATUSES, RunInfo, Status
+from foundry_track.journal import JOURNAL_FILE, Journal
+from foundry_track.plugins import BackendHooks, BackendInfo, build_plugin_manager, discover, instantiate, options_model
+
+__all__ = ["Run", "init", "sync", "RUN_FILE"]
+
+RUN_FILE: Final = "run.json"
+_log = logging.getLogger("foundry_track")
+_FAST_TYPES: Final = frozenset({float, int})
+_ID_ALPHABET: Final = string.ascii_lowercase + string.digits
+_live_runs: weakref.WeakSet[Run] = weakref.WeakSet()
+
+
+def _new_id() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
+
+
+def _coerce(key: Any, value: Any) -> Any:
+    """The slow path of ``Run.log``: anything that is not a plain int or float."""
+    if type(key) is not str:
+        raise TypeError(f"run.log: metric keys must be str, got {key!r} ({type(key).__name__})")
+    if type(value) in _FAST_TYPES:
+        return value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real):  # numpy scalars register here
+        return value if isinstance(value, numbers.Integral) else float(value)
+    numel = getattr(value, "numel", None)
+    if numel is not None and callable(numel) and hasattr(value, "device"):  # a torch tensor
+        if numel() != 1:
+            raise TypeError(
+                f"run.log: {key!r} is a tensor of shape {tuple(value.shape)}; pass a scalar "
+                f"(a 0-d tensor, e.g. loss.detach()) or use run.log_histogram for many values"
+            )
+        if value.device.type == "cpu":
+            return value.item()
+        # A GPU tensor is read by the journal thread, so the step never syncs.
+        return value.detach()
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # 0-d numpy array
+        return value.item()
+    raise TypeError(
+        f"run.log: {key!r} has a value of type {type(value).__name__}; expected int, float, bool, "
+        f"a numpy scalar or a 0-d tensor (use log_params for config values)"
+    )
+
+
+def _param_value(value: Any) -> Any:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return str(value)
+
+
+class Run:
+    """One tracked run. Get it from :func:`foundry_track.init`."""
+
+    def __init__(
+        self,
+        config: TrackingConfig,
+        *,
+        info: RunInfo | None,
+        journal: Journal | None,
+        dispatcher: Dispatcher | None,
+        last_step: int = -1,
+    ) -> None:
+        self.config = config
+        self._info = info
+        self._journal = journal
+        self._dispatcher = dispatcher
+        self._lock = threading.Lock()
+        self._last_step = last_step
+        self._max_step = last_step
+        self._every = config.every_n_steps
+        self._warned_backwards = False
+        self._finished = journal is None
+        self._warned_after_finish = False
+        self.undelivered: dict[str, int] = {}
+        if journal is not None:
+            _live_runs.add(self)
+
+    # -- identity ---------------------------------------------------------- #
+
+    @property
+    def id(self) -> str | None:
+        return self._info.id if self._info else None
+
+    @property
+    def name(self) -> str | None:
+        return self._info.name if self._info else None
+
+    @property
+    def dir(self) -> Path | None:
+        """The run directory (journal, run.json, local backend files); None when disabled."""
+        return self._info.dir if self._info else None
+
+    @property
+    def enabled(self) -> bool:
+        return self._journal is not None
+
+    @property
+    def backend_ids(self) -> dict[str, dict[str, str]]:
+        """Each backend's run identity (W&B run id, MLflow run id, TensorBoard dir)."""
+        if self._info is None:
+            return {}
+        return dict(_read_run_file(self._info.dir).get("backend_ids", {}))
+
+    # -- logging ----------------------------------------------------------- #
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Record scalars at ``step`` (default: the last step + 1). Returns in microseconds.
+
+        Values may be int, float, bool, numpy scalars or 0-d torch tensors (a CUDA
+        tensor is read later, off the training thread). A step lower than one
+        already logged is kept and reported once.
+        """
+        journal = self._journal
+        if journal is None or self._finished:
+            if self._finished and journal is not None:
+                self._after_finish()
+            return
+        if self._dispatcher is not None and self._dispatcher.error is not None:
+            raise BackendError(f"a backend failed in strict mode: {self._dispatcher.error!r}") from self._dispatcher.error
+        values = dict(metrics)
+        for key, value in values.items():
+            if type(value) not in _FAST_TYPES or type(key) is not str:
+                values[key] = _coerce(key, value)
+        with self._lock:
+            if step is None:
+                step = self._last_step + 1
+            elif type(step) is not int:
+                step = _step_int(step)
+            if step < self._max_step and not self._warned_backwards:
+                self._warned_backwards = True
+                _log.warning(
+                    "run.log: step %d is lower than step %d already logged; it is kept (each backend's "
+                    "policy for repeated steps is in the docs). Reported once per run.", step, self._max_step
+                )
+            self._last_step = step
+            if step > self._max_step:
+                self._max_step = step
+        if self._every != 1 and step % self._every:
+            return
+        journal.append("metrics", step, time.time(), values)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Record hyperparameters: nested dicts are flattened with ``/``, secrets redacted."""
+        if self._journal is None or self._finished:
+            return
+        if not isinstance(params, Mapping):
+            raise TypeError(f"run.log_params expects a mapping, got {type(params).__name__}")
+        flat = {k: _param_value(v) for k, v in flatten(redact(_plain(params))).items()}
+        self._journal.append("params", max(self._last_step, 0), time.time(), flat)
+
+    def _emit(self, kind: str, step: int | None, data: Mapping[str, Any]) -> None:
+        """Queue a non-scalar event (media, artifact, alert) for every backend."""
+        if self._journal is None or self._finished:
+            return
+        self._journal.append(kind, self._last_step if step is None else _step_int(step), time.time(), dict(data))
+
+    def _after_finish(self) -> None:
+        if not self._warned_after_finish:
+            self._warned_after_finish = True
+            _log.warning("run %s is finished; later log calls are ignored", self.id)
+
+    # -- finishing --------------------------------------------------------- #
+
+    def finish(self, status: Status = "success", *, timeout: float | None = None) -> dict[str, int]:
+        """Deliver what is left (waiting at most ``flush_timeout`` seconds) and close.
+
+        Returns the number of events each backend did not receive; they stay in
+        the journal for ``foundry-track sync``. Calling it twice is harmless.
+        """
+        if status not in STATUSES:
+            raise ValueError(f"run.finish: status must be one of {', '.join(STATUSES)}, got {status!r}")
+        with self._lock:
+            if self._finished:
+                return self.undelivered
+            self._finished = True
+        _live_runs.discard(self)
+        assert self._journal is not None and self._dispatcher is not None and self._info is not None
+        flush_timeout = self.config.flush_timeout if timeout is None else timeout
+        self.undelivered = self._dispatcher.finish(status, flush_timeout)
+        self._journal.close()
+        _update_run_file(self._info.dir, status=status, finished=time.time(), undelivered=self.undelivered)
+        if self.config.strict and self._dispatcher.error is not None:
+            raise BackendError(f"a backend failed in strict mode: {self._dispatcher.error!r}") from self._dispatcher.error
+        return self.undelivered
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            status: Status = "success"
+        elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+            status = "killed"
+        else:
+            status = "failed"
+        self.finish(status)
+
+    def __repr__(self) -> str:
+        return f"<foundry_track.Run id={self.id} dir={self.dir}>" if self.enabled else "<foundry_track.Run disabled>"
+
+
+def _step_int(step: Any) -> int:
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        item = getattr(step, "item", None)
+        if item is not None and isinstance(item(), int):
+            return int(item())
+        raise TypeError(f"step must be an int, got {step!r} ({type(step).__name__})")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    return int(step)
+
+
+def _plain(value: Any) -> Any:
+    """Pydantic models and dataclass-like configs become dicts before flattening."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+@atexit.register
+def _close_unfinished_runs() -> None:
+    for run in list(_live_runs):
+        try:
+            run.finish("killed")
+        except Exception:  # noqa: BLE001 - exiting anyway
+            _log.exception("could not close run %s at exit", run.id)
+
+
+# --------------------------------------------------------------------------- #
+# run.json: the run's identity and each backend's identity, next to the journal
+# --------------------------------------------------------------------------- #
+
+_file_lock = threading.Lock()
+
+
+def _read_run_file(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(run_dir) / RUN_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def _write_run_file(run_dir: Path, data: Mapping[str, Any]) -> None:
+    path = Path(run_dir) / RUN_FILE
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)  # atomic: a crash leaves the old or the new file, never half
+
+
+def _update_run_file(run_dir: Path, **changes: Any) -> None:
+    with _file_lock:
+        data = _read_run_file(run_dir)
+        data.update(changes)
+        _write_run_file(run_dir, data)
+
+
+def _save_identity(run_dir: Path, name: str, identity: dict[str, str]) -> None:
+    with _file_lock:
+        data = _read_run_file(run_dir)
+        data.setdefault("backend_ids", {})[name] = identity
+        _write_run_file(run_dir, data)
+
+
+def _process_alive(data: Mapping[str, Any]) -> bool:
+    if data.get("host") != socket.gethostname() or not data.get("pid"):
+        return False
+    try:
+        os.kill(int(data["pid"]), 0)
+    except (ProcessLookupError, PermissionError, ValueError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- #
+# Building backends
+# --------------------------------------------------------------------------- #
+
+
+def _resolve_backends(cfg: TrackingConfig) -> dict[str, tuple[BackendInfo, BaseModel]]:
+    """Validate the selection and each backend's options; raise ConfigError on any problem."""
+    found = discover()
+    chosen: dict[str, tuple[BackendInfo, BaseModel]] = {}
+    problems: list[str] = []
+    for name, raw in cfg.backends.items():
+        info = found.get(name)
+        if info is None:
+            known = ", ".join(found) or "none"
+            problems.append(
+                f"unknown backend {name!r} under tracking.backends; discovered backends: {known} "
+                f"(a third-party backend must be pip-installed so it appears in the 'foundry_track' entry-point group)"
+            )
+            continue
+        if not info.available:
+            problems.append(f"backend {name!r} cannot be used: {info.problem}")
+            continue
+        chosen[name] = (info, _validate_options(info, raw or {}))
+    if cfg.fallback is not None and cfg.fallback not in found:
+        problems.append(
+            f"tracking.fallback: unknown backend {cfg.fallback!r}; discovered backends: {', '.join(found) or 'none'} "
+            f"(or set it to null)"
+        )
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return chosen
+
+
+def _validate_options(info: BackendInfo, raw: Mapping[str, Any]) -> BaseModel:
+    model = options_model(info)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"tracking.backends.{info.name}: expected a mapping of options, got {raw!r}")
+    try:
+        return model.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, model, f"tracking.backends.{info.name}")) from None
+
+
+def _hooks_for(info: BackendInfo) -> BackendHooks:
+    plugin = instantiate(info)
+    pm = build_plugin_manager({info.name: plugin})
+    return BackendHooks(pm, info.name)
+
+
+def init(
+    config: str | os.PathLike[str] | Mapping[str, Any] | TrackingConfig | None = None,
+    *,
+    resume: str | os.PathLike[str] | None = None,
+    **overrides: Any,
+) -> Run:
+    """Start a run from a YAML path, a dict, a :class:`TrackingConfig` or nothing.
+
+    Keyword ``overrides`` replace fields of the config (``project=``,
+    ``run_name=``, ``backends=``...). ``resume=RUN_DIR`` continues a run: the
+    same id, directory and backend runs, steps continuing after the last one.
+    """
+    cfg = load_config(config)
+    if overrides:
+        try:
+            cfg = TrackingConfig.model_validate({**cfg.model_dump(), **overrides})
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, TrackingConfig, "init()")) from None
+    if cfg.mode == "disabled":
+        return Run(cfg, info=None, journal=None, dispatcher=None)
+    chosen = _resolve_backends(cfg)
+
+    previous: dict[str, Any] = {}
+    if resume is not None:
+        run_dir = Path(resume)
+        previous = _read_run_file(run_dir)
+        if not previous:
+            raise ConfigError(f"resume={str(resume)!r}: no {RUN_FILE} there; pass the directory of an earlier run")
+        run_id, name = previous["id"], previous["name"]
+    else:
+        run_id = cfg.run_id or _new_id()
+        name = cfg.run_name or run_id
+        run_dir = Path(cfg.dir) / (f"{_slug(name)}-{run_id}" if cfg.run_name else run_id)
+        if (run_dir / RUN_FILE).exists():
+            previous = _read_run_file(run_dir)  # same run_id given again: continue it
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    info = RunInfo(
+        id=run_id, name=name, project=cfg.project, entity=cfg.entity, tags=tuple(cfg.tags), notes=cfg.notes,
+        group=cfg.group, config=redact(cfg.model_dump(mode="json")), dir=run_dir, resumed=bool(previous),
+    )
+    backend_ids = dict(previous.get("backend_ids", {}))
+    _write_run_file(run_dir, {
+        **previous,
+        "id": run_id, "name": name, "project": cfg.project, "entity": cfg.entity, "tags": list(cfg.tags),
+        "notes": cfg.notes, "group": cfg.group, "status": "running",
+        "started": previous.get("started", time.time()), "finished": None,
+        "resumed_at": time.time() if previous else None,
+        "pid": os.getpid(), "host": socket.gethostname(),
+        "backends": {n: redact(dict(cfg.backends[n] or {})) for n in chosen},
+        "fallback": cfg.fallback, "backend_ids": backend_ids,
+    })
+
+    journal = Journal(run_dir / JOURNAL_FILE, flush_interval=cfg.journal_flush_interval)
+    last_step = journal.max_step()
+    found = discover()
+    fallback_lock = threading.Lock()
+
+    def start_fallback(failed: str) -> Worker | None:
+        name_ = cfg.fallback
+        if name_ is None or name_ == failed:
+            return None
+        with fallback_lock:
+            existing = dispatcher.workers.get(name_)
+            if existing is not None:
+                return existing if existing.state != "start_failed" else None
+            fb = found.get(name_)
+            if fb is None or not fb.available:
+                _log.warning("fallback backend %r is not available: %s", name_, fb.problem if fb else "not found")
+                return None
+            options = _validate_options(fb, {})
+            with _file_lock:
+                data = _read_run_file(run_dir)
+                data.setdefault("backends", {})[name_] = {}
+                _write_run_file(run_dir, data)
+            return dispatcher.add(name_, _hooks_for(fb), options, backend_ids.get(name_, {}))
+
+    dispatcher = Dispatcher(
+        journal, info, start_timeout=cfg.start_timeout, strict=cfg.strict, fallback=start_fallback,
+        on_identity=lambda n, ident: _save_identity(run_dir, n, ident),
+    )
+    hooks = {name_: _hooks_for(b_info) for name_, (b_info, _) in chosen.items()}
+    run = Run(cfg, info=info, journal=journal, dispatcher=dispatcher,
+              last_step=last_step if last_step is not None else -1)
+    journal.start()
+    for name_, (_, options) in chosen.items():
+        dispatcher.add(name_, hooks[name_], options, backend_ids.get(name_, {}))
+    return run
+
+
+def sync(run_dir: str | os.PathLike[str], backend: str | None = None) -> dict[str, int]:
+    """Deliver every event a backend of ``run_dir`` has not acknowledged.
+
+    Idempotent: a backend's position moves only after its hook returned, so a
+    second call finds nothing to deliver. A run left ``running`` by a dead
+    process is closed as ``killed``. Returns the undelivered counts left.
+    """
+    run_dir = Path(run_dir).resolve()
+    data = _read_run_file(run_dir)
+    if not data or not (run_dir / JOURNAL_FILE).exists():
+        raise ConfigError(f"{run_dir} is not a foundry-track run directory (no {RUN_FILE} or {JOURNAL_FILE})")
+    if data.get("status") == "running" and _process_alive(data) and data.get("pid") != os.getpid():
+        raise ConfigError(f"run {data['id']} is still being written by process {data['pid']}; sync it after it ends")
+    status: Status = data.get("status") if data.get("status") in STATUSES else "killed"  # type: ignore[assignment]
+    journal = Journal(run_dir / JOURNAL_FILE)
+    positions = journal.positions()
+    names = list(dict.fromkeys([*data.get("backends", {}), *positions]))
+    if backend is not None:
+        if backend not in names:
+            raise ConfigError(f"run {data['id']} has no backend {backend!r}; it has: {', '.join(names) or 'none'}")
+        names = [backend]
+    found = discover()
+    last = journal.last_seq
+    info = RunInfo(
+        id=data["id"], name=data["name"], project=data.get("project", "foundry-track"), entity=data.get("entity"),
+        tags=tuple(data.get("tags", ())), notes=data.get("notes"), group=data.get("group"),
+        config=data.get("config", {}), dir=run_dir, resumed=True,
+    )
+    dispatcher = Dispatcher(journal, info, start_timeout=data.get("start_timeout", 60.0), strict=False,
+                            on_identity=lambda n, ident: _save_identity(run_dir, n, ident))
+    dispatcher.status = status
+    dispatcher.closing.set()  # nothing new will arrive: deliver up to last_seq and finish
+    left: dict[str, int] = {}
+    for name in names:
+        pos = journal.position(name)
+        if pos >= last and data.get("status") in STATUSES:
+            continue
+        info_b = found.get(name)
+        if info_b is None or not info_b.available:
+            raise ConfigError(f"cannot sync backend {name!r}: {info_b.problem if info_b else 'not installed'}")
+        options = _validate_options(info_b, data.get("backends", {}).get(name, {}))
+        worker = dispatcher.add(name, _hooks_for(info_b), options, data.get("backend_ids", {}).get(name, {}),
+                                synchronous=True)
+        if worker.pending():
+            left[name] = worker.pending()
+    journal.close()
+    _update_run_file(run_dir, status=status, undelivered=left, synced=time.time())
+    return left
