@@ -330,9 +330,14 @@ class Dispatcher:
         self.status = status
         self.journal.flush()
         self.closing.set()
-        workers = list(self.workers.values())
-        for worker in workers:
-            worker.done.wait(max(0.0, deadline - time.monotonic()))
+        while True:
+            # A worker that fails to start adds the fallback's worker before it is
+            # done, so look again until no new worker appeared while waiting.
+            workers = list(self.workers.values())
+            for worker in workers:
+                worker.done.wait(max(0.0, deadline - time.monotonic()))
+            if len(self.workers) == len(workers):
+                break
         undelivered: dict[str, int] = {}
         for worker in workers:
             if not worker.done.is_set():

@@ -94,7 +94,11 @@ def _discover_cached() -> tuple[BackendInfo, ...]:
                 ep.name, ep.value, dist_name, version, None, traceback.format_exc(), None
             )
             continue
-        unavailable = _call_static(plugin, "tracker_unavailable")
+        try:
+            unavailable = _call_static(plugin, "tracker_unavailable", ep.name)
+        except PluginError as exc:
+            found[ep.name] = BackendInfo(ep.name, ep.value, dist_name, version, None, str(exc), None)
+            continue
         found[ep.name] = BackendInfo(
             ep.name, ep.value, dist_name, version, plugin, None, unavailable
         )
@@ -119,16 +123,15 @@ def instantiate(info: BackendInfo) -> Any:
     return info.plugin() if inspect.isclass(info.plugin) else info.plugin
 
 
-def _call_static(plugin: Any, hook_name: str) -> Any:
-    """Call a discovery hook on a freshly made plugin, through pluggy."""
-    pm = _new_manager()
+def _call_static(plugin: Any, hook_name: str, name: str) -> Any:
+    """Call a discovery hook on a freshly made plugin, checking the contract on the way."""
     obj = plugin() if inspect.isclass(plugin) else plugin
-    pm.register(obj, name="probe")
+    pm = build_plugin_manager({name: obj}, trace=False)
     return getattr(pm.hook, hook_name)()
 
 
 def options_model(info: BackendInfo) -> type[BaseModel]:
-    model = _call_static(info.plugin, "tracker_options_model")
+    model = _call_static(info.plugin, "tracker_options_model", info.name)
     return model if model is not None else NoOptions
 
 
@@ -143,9 +146,9 @@ def _check_contract(name: str, plugin: Any, pm: pluggy.PluginManager) -> None:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"backend {name!r}: {exc}") from exc
-    registered = {impl.function.__name__ for hook in pm.hook.__dict__.values()
+    registered = {hook_name for hook_name, hook in vars(pm.hook).items()
                   if isinstance(hook, pluggy.HookCaller)
-                  for impl in hook.get_hookimpls() if impl.plugin is plugin}
+                  and any(impl.plugin is plugin for impl in hook.get_hookimpls())}
     for attr in dir(plugin):
         if attr.startswith("tracker_") and attr not in registered and callable(getattr(plugin, attr)):
             raise PluginError(
@@ -173,6 +176,12 @@ def build_plugin_manager(
 def _add_trace(pm: pluggy.PluginManager) -> None:
     started: dict[int, float] = {}
     trace_log = logging.getLogger("foundry_track.trace")
+    if not trace_log.handlers and not logging.getLogger().handlers:
+        # Asking for a trace means wanting to see it, even with logging unconfigured.
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("foundry-track trace: %(message)s"))
+        trace_log.addHandler(handler)
+    trace_log.setLevel(logging.INFO)
 
     def before(hook_name: str, impls: list[Any], kwargs: Mapping[str, Any]) -> None:
         started[id(kwargs)] = time.perf_counter()
@@ -182,7 +191,7 @@ def _add_trace(pm: pluggy.PluginManager) -> None:
         size = next((len(v) for v in kwargs.values() if isinstance(v, (list, tuple, dict))), 1)
         failed = " FAILED" if outcome.exception is not None else ""
         for impl in impls:
-            trace_log.warning(
+            trace_log.info(
                 "%s.%s batch=%d %.3f ms%s", impl.plugin_name, hook_name, size, elapsed * 1e3, failed
             )
 

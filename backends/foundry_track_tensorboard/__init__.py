@@ -1,5 +1,5 @@
-"""TensorBoard backend: event files written with the ``tensorboard`` package's own
-writer (not ``torch.utils.tensorboard``, whose import alone costs seconds).
+"""TensorBoard backend: event files built from the ``tensorboard`` package's own
+protos (not ``torch.utils.tensorboard``, whose import alone costs seconds).
 
 One ``Event`` per step holds all of that step's scalars; params become an
 HParams session so the run shows up in TensorBoard's HParams tab.
@@ -37,7 +37,6 @@ class TensorBoardOptions(BaseModel):
         examples=["runs/tb"],
     )
     flush_secs: float = Field(5.0, gt=0, description="Seconds between flushes of the event file to disk.", examples=[5.0])
-    max_queue: int = Field(1000, ge=1, description="Events buffered by the writer before a flush.", examples=[1000])
 
 
 class TensorBoardBackend:
@@ -64,8 +63,6 @@ class TensorBoardBackend:
 
     @foundry_track.hookimpl
     def tracker_start(self, run: RunInfo, options: TensorBoardOptions, resume_state: Mapping[str, str]) -> dict[str, str]:
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
         from foundry_track_tensorboard import _protos
 
         self._pb = _protos
@@ -78,14 +75,14 @@ class TensorBoardBackend:
             log_dir = Path(options.log_dir).joinpath(*parts, f"{run.name}-{run.id}" if run.name != run.id else run.id)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = log_dir.resolve()
-        self._writer = EventFileWriter(str(self.log_dir), max_queue_size=options.max_queue, flush_secs=options.flush_secs)
+        self._writer = _protos.EventFile(self.log_dir, options.flush_secs)
         return {"log_dir": str(self.log_dir)}
 
     # -- log --------------------------------------------------------------- #
 
     @foundry_track.hookimpl
     def tracker_log_metrics(self, rows: Sequence[MetricRow]) -> None:
-        pb, add = self._pb, self._writer.add_event
+        pb, add = self._pb, self._writer.write
         i, n = 0, len(rows)
         while i < n:
             # Rows of the same step become one Event, as TensorBoard expects.
@@ -98,7 +95,7 @@ class TensorBoardBackend:
 
     @foundry_track.hookimpl
     def tracker_log_params(self, params: Mapping[str, ParamValue]) -> None:
-        self._writer.add_event(self._pb.hparams_start(params))
+        self._writer.write(self._pb.hparams_start(params))
 
     # -- finish ------------------------------------------------------------ #
 
@@ -106,7 +103,7 @@ class TensorBoardBackend:
     def tracker_finish(self, status: Status) -> None:
         if self._writer is None:
             return
-        self._writer.add_event(self._pb.hparams_end(status))
+        self._writer.write(self._pb.hparams_end(status))
         self._writer.flush()
         self._writer.close()
         self._writer = None

@@ -1,9 +1,14 @@
-"""Builders of TensorBoard protos; imported only when a TensorBoard run starts."""
+"""TensorBoard protos and the event file; imported only when a TensorBoard run starts."""
 
 from __future__ import annotations
 
+import itertools
+import os
+import socket
+import struct
 import time
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
@@ -50,3 +55,59 @@ def hparams_end(status: str) -> Event:
     info = plugin_data_pb2.SessionEndInfo(status=_END_STATUS.get(status, api_pb2.Status.STATUS_UNKNOWN), end_time_secs=time.time())
     data = plugin_data_pb2.HParamsPluginData(session_end_info=info, version=hp_metadata.PLUGIN_DATA_VERSION)
     return _hparams_event(hp_metadata.SESSION_END_INFO_TAG, data)
+
+
+def _masked_crc_function() -> Callable[[bytes], int]:
+    try:
+        import google_crc32c
+    except ImportError:  # correct but slow: tensorboard's pure-Python CRC32C
+        from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+        return masked_crc32c  # type: ignore[no-any-return]
+    crc = google_crc32c.value
+
+    def masked(data: bytes) -> int:
+        x = crc(data)
+        return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    return masked
+
+
+_masked_crc = _masked_crc_function()
+_file_counter = itertools.count()
+
+
+class EventFile:
+    """An ``events.out.tfevents.*`` file in TFRecord framing.
+
+    Why not tensorboard's EventFileWriter: its RecordWriter computes CRC32C in
+    pure Python (~50 us for a 10-scalar event, most of the cost per step), and
+    it runs a second writer thread that competes with ours for the GIL. We
+    already write from the backend's own worker thread, so a plain buffered
+    file with a C CRC (google-crc32c, installed with the extra) is enough;
+    without it we fall back to tensorboard's CRC and stay correct.
+    """
+
+    def __init__(self, log_dir: Path, flush_secs: float) -> None:
+        name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+                f"{os.getpid()}.{next(_file_counter)}.foundry-track")
+        self.path = log_dir / name
+        self._fh = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        self._flush_secs = flush_secs
+        self._flushed = time.monotonic()
+        self.write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def write(self, ev: Event) -> None:
+        data = ev.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        self._fh.write(b"".join((header, struct.pack("<I", _masked_crc(header)), data,
+                                 struct.pack("<I", _masked_crc(data)))))
+        if time.monotonic() - self._flushed > self._flush_secs:
+            self.flush()
+
+    def flush(self) -> None:
+        self._fh.flush()
+        self._flushed = time.monotonic()
+
+    def close(self) -> None:
+        self._fh.close()

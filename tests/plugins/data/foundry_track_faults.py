@@ -26,6 +26,7 @@ class FaultOptions(BaseModel):
     out: Path
     fault_flag: Path | None = None
     delay_per_event: float = 0.0
+    start_delay: float = 0.0
 
 
 class Recorder:
@@ -55,6 +56,7 @@ class Recorder:
     @foundry_track.hookimpl
     def tracker_start(self, run: Any, options: FaultOptions, resume_state: Mapping[str, str]) -> dict[str, str]:
         self.options = options
+        time.sleep(options.start_delay)
         with open(options.out, "a") as fh:
             fh.write(json.dumps({"pid": os.getpid(), "hook": "start", "run_id": run.id,
                                  "resumed": bool(resume_state)}) + "\n")

@@ -1,0 +1,108 @@
+"""What `run.log` costs the training loop, and how fast the TensorBoard backend drains.
+
+    python benchmarks/overhead.py [--steps 100000]
+
+Prints p50/p99/mean of one `run.log` call with 10 scalars (TensorBoard backend
+on), the same step written with TensorBoard's own EventFileWriter directly, the
+drain rate (scalars/s the backend absorbs) and the journal's write rate.
+Targets (issue 2): p50 <= 5 us, p99 <= 50 us, drain >= 100,000 scalars/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import foundry_track as ft
+from foundry_track.journal import JOURNAL_FILE, Journal
+
+KEYS = [f"train/metric_{i}" for i in range(10)]
+
+
+def percentiles(samples_ns: list[int]) -> tuple[float, float, float]:
+    ordered = sorted(samples_ns)
+    p50 = ordered[len(ordered) // 2] / 1e3
+    p99 = ordered[int(len(ordered) * 0.99)] / 1e3
+    return p50, p99, statistics.fmean(ordered) / 1e3
+
+
+def bench_run_log(root: Path, steps: int) -> tuple[list[int], float, float, int]:
+    run = ft.init({"dir": str(root), "backends": {"tensorboard": {}}, "flush_timeout": 600})
+    samples = [0] * steps
+    clock = time.perf_counter_ns
+    values = [float(i) for i in range(10)]
+    gc.disable()  # measure our code, not a collection that happens to land in the loop
+    first = time.perf_counter()
+    for step in range(steps):
+        metrics = dict(zip(KEYS, values))
+        t0 = clock()
+        run.log(metrics, step=step)
+        samples[step] = clock() - t0
+    produced = time.perf_counter()
+    gc.enable()
+    # Drain: wait until the backend acknowledged the last event.
+    journal = Journal(Path(run.dir) / JOURNAL_FILE, readonly=True)
+    while journal.position("tensorboard") < steps:
+        time.sleep(0.005)
+    drained = time.perf_counter()
+    run.finish()
+    return samples, produced - first, drained - first, steps
+
+
+def bench_direct_tensorboard(root: Path, steps: int) -> list[int]:
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    writer = EventFileWriter(str(root / "direct"))
+    samples = [0] * steps
+    clock = time.perf_counter_ns
+    values = [float(i) for i in range(10)]
+    for step in range(steps):
+        t0 = clock()
+        summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in zip(KEYS, values)])
+        writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))
+        samples[step] = clock() - t0
+    writer.close()
+    return samples
+
+
+def bench_journal(root: Path, events: int) -> float:
+    journal = Journal(root / "bench-journal.db")
+    row = dict(zip(KEYS, [float(i) for i in range(10)]))
+    for step in range(events):
+        journal.append("metrics", step, 0.0, row)
+    t0 = time.perf_counter()
+    journal.flush()
+    return events / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=100_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        samples, produce_s, drain_s, steps = bench_run_log(root / "runs", args.steps)
+        direct = bench_direct_tensorboard(root, args.steps)
+        journal_rate = bench_journal(root, args.steps)
+    p50, p99, mean = percentiles(samples)
+    d50, d99, dmean = percentiles(direct)
+    print(f"{'per step, 10 scalars':<44}{'p50 us':>10}{'p99 us':>10}{'mean us':>10}")
+    print(f"{'foundry_track run.log (TensorBoard on)':<44}{p50:>10.2f}{p99:>10.2f}{mean:>10.2f}")
+    print(f"{'TensorBoard EventFileWriter, direct':<44}{d50:>10.2f}{d99:>10.2f}{dmean:>10.2f}")
+    print()
+    print(f"steps logged: {steps:,} in {produce_s:.2f} s")
+    print(f"TensorBoard drain: {steps * 10 / drain_s:,.0f} scalars/s "
+          f"(all {steps * 10:,} scalars acknowledged {drain_s:.2f} s after the first log call)")
+    print(f"journal write rate: {journal_rate:,.0f} events/s ({journal_rate * 10:,.0f} scalars/s)")
+    ok = p50 <= 5 and p99 <= 50 and steps * 10 / drain_s >= 100_000
+    print(f"targets p50 <= 5 us, p99 <= 50 us, drain >= 100,000 scalars/s: {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Discovery through the `foundry_track` entry-point group: loud when loading."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import foundry_track as ft
+from foundry_track.plugins import discover
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "foundry_track.cli", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_builtin_tensorboard_is_registered_like_a_third_party_plugin() -> None:
+    info = discover()["tensorboard"]
+    assert info.distribution == "foundry-track" and info.value == "foundry_track_tensorboard:TensorBoardBackend"
+    assert info.available
+
+
+def test_broken_entry_point_is_reported_and_others_still_load(fault_plugins: Path) -> None:
+    found = discover()
+    assert not found["broken"].available
+    assert "cannot be imported (on purpose)" in (found["broken"].problem or "")
+    assert "Traceback" in (found["broken"].problem or "")
+    assert found["recorder"].available and found["tensorboard"].available
+
+
+def test_misspelled_hook_is_an_error_naming_the_plugin(fault_plugins: Path) -> None:
+    problem = discover()["misspelled"].problem or ""
+    assert "backend 'misspelled'" in problem and "tracker_log_metric" in problem
+    with pytest.raises(ft.ConfigError, match="misspelled"):
+        ft.init({"backends": {"misspelled": {}}})
+
+
+def test_hook_without_marker_is_an_error(fault_plugins: Path) -> None:
+    assert "without @foundry_track.hookimpl" in (discover()["unmarked"].problem or "")
+
+
+def test_unavailable_backend_shows_the_install_command(fault_plugins: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    info = discover(refresh=True)["tensorboard"]
+    assert not info.available
+    assert "pip install 'foundry-track[tensorboard]'" in (info.problem or "")
+    with pytest.raises(ft.ConfigError, match=r"pip install 'foundry-track\[tensorboard\]'"):
+        ft.init({"backends": {"tensorboard": {}}})
+
+
+def test_cli_backends_lists_name_distribution_version_and_state(fault_plugins: Path) -> None:
+    result = _cli("backends", "--json")
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert rows["recorder"]["distribution"] == "foundry-track-faults" and rows["recorder"]["version"] == "0.1"
+    assert rows["recorder"]["available"] is True and rows["broken"]["available"] is False
+    assert result.returncode == 1  # something is unavailable
+    table = _cli("backends").stdout
+    assert "recorder" in table and "unavailable" in table
+
+
+def test_disable_plugins_kill_switch(fault_plugins: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FOUNDRY_TRACK_DISABLE_PLUGINS", "broken, recorder")
+    found = discover(refresh=True)
+    assert "broken" not in found and "recorder" not in found and "raising" in found
+
+
+def test_trace_logs_each_hook_call(tmp_path: Path, fault_plugins: Path, monkeypatch: pytest.MonkeyPatch,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("FOUNDRY_TRACK_TRACE", "1")
+    caplog.set_level(logging.INFO, logger="foundry_track.trace")
+    with ft.init({"dir": str(tmp_path), "fallback": None,
+                  "backends": {"recorder": {"out": str(tmp_path / "o.jsonl")}}}) as run:
+        run.log({"a": 1.0}, step=0)
+        run.log({"a": 2.0}, step=1)
+    assert "recorder.tracker_start" in caplog.text
+    assert "recorder.tracker_log_metrics batch=2" in caplog.text or "recorder.tracker_log_metrics batch=1" in caplog.text
+    assert "recorder.tracker_finish" in caplog.text
+
+
+def test_sync_cli_errors_are_clear(tmp_path: Path) -> None:
+    result = _cli("sync", str(tmp_path))
+    assert result.returncode == 2 and "is not a foundry-track run directory" in result.stderr
