@@ -12,6 +12,7 @@ import json
 import logging
 import numbers
 import os
+import queue
 import re
 import secrets
 import socket
@@ -20,10 +21,11 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Final, Mapping
+from typing import Any, Callable, Final, Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
 
+from foundry_track import media
 from foundry_track.config import ConfigError, TrackingConfig, flatten, format_validation_error, load_config, redact
 from foundry_track.dispatcher import BackendError, Dispatcher, Worker
 from foundry_track.events import STATUSES, RunInfo, Status
@@ -108,8 +110,16 @@ class Run:
         self._finished = journal is None
         self._warned_after_finish = False
         self.undelivered: dict[str, int] = {}
+        self._media_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._media_thread: threading.Thread | None = None
+        self._watches: list[Any] = []
+        self._sampler: Any = None
         if journal is not None:
             _live_runs.add(self)
+            if config.system_metrics_interval:
+                from foundry_track.system import SystemSampler
+
+                self._sampler = SystemSampler(self, config.system_metrics_interval)
 
     # -- identity ---------------------------------------------------------- #
 
@@ -184,11 +194,104 @@ class Run:
         flat = {k: _param_value(v) for k, v in flatten(redact(_plain(params))).items()}
         self._journal.append("params", max(self._last_step, 0), time.time(), flat)
 
+    # -- rich data: captured here, prepared on the media thread ---------------- #
+
+    def _step_for(self, step: int | None) -> int:
+        return max(self._last_step, 0) if step is None else _step_int(step)
+
     def _emit(self, kind: str, step: int | None, data: Mapping[str, Any]) -> None:
-        """Queue a non-scalar event (media, artifact, alert) for every backend."""
+        """Queue an event that needs no preparation (text, table, alert)."""
         if self._journal is None or self._finished:
             return
-        self._journal.append(kind, self._last_step if step is None else _step_int(step), time.time(), dict(data))
+        self._journal.append(kind, self._step_for(step), time.time(), dict(data))
+
+    def _prepare(self, kind: str, step: int | None, prepare: Callable[[Path], dict[str, Any]]) -> None:
+        """Queue an event whose heavy part (encoding, .cpu(), hashing) runs on the media thread."""
+        if self._journal is None or self._finished:
+            return
+        if self._media_thread is None:
+            with self._lock:
+                if self._media_thread is None:
+                    self._media_thread = threading.Thread(target=self._media_loop, name="foundry-track-media",
+                                                          daemon=True)
+                    self._media_thread.start()
+        self._media_queue.put((kind, self._step_for(step), time.time(), prepare))
+
+    def _media_loop(self) -> None:
+        assert self._journal is not None and self._info is not None
+        media_dir = self._info.dir / "media"
+        while True:
+            item = self._media_queue.get()
+            if item is None:
+                return
+            kind, step, stamp, prepare = item
+            try:
+                self._journal.append(kind, step, stamp, prepare(media_dir))
+            except Exception:  # noqa: BLE001 - one bad image must not stop the others
+                _log.exception("could not prepare a %s event at step %d; it was not logged", kind, step)
+
+    def log_image(self, key: str, image: Any, step: int | None = None, caption: str | None = None) -> None:
+        """Log an image: a numpy array or tensor (HW, HWC or CHW; uint8, or float in
+        [0, 1]), a PIL image or a matplotlib figure. Encoded to PNG off the training thread."""
+        prepare = media.capture_image(_key(key, "log_image"), image)
+        self._prepare("image", step, lambda d: {**prepare(d), "caption": caption})
+
+    def log_histogram(self, key: str, values: Any, step: int | None = None, bins: int = 64) -> None:
+        """Log the distribution of ``values`` (numpy array, tensor, list). A GPU tensor
+        is copied asynchronously and histogrammed off the training thread."""
+        copy = media.capture_values(values)
+        self._prepare("histogram", step, lambda _d: media.prepare_histogram(_key(key, "log_histogram"), copy, bins))
+
+    def log_table(self, key: str, columns: Any = None, rows: Sequence[Sequence[Any]] | None = None, *,
+                  dataframe: Any = None, step: int | None = None) -> None:
+        """Log a table from ``columns`` and ``rows``, or a pandas DataFrame
+        (``run.log_table("preds", df)`` or ``dataframe=df``)."""
+        if dataframe is None and hasattr(columns, "itertuples"):
+            dataframe, columns = columns, None
+        cols, cells = media.table_rows(_key(key, "log_table"), columns, rows, dataframe)
+        self._emit("table", step, {"key": key, "columns": cols, "rows": cells})
+
+    def log_text(self, key: str, text: str, step: int | None = None) -> None:
+        """Log a piece of text (markdown allowed)."""
+        if not isinstance(text, str):
+            raise TypeError(f"log_text({key!r}): text must be str, got {type(text).__name__}")
+        self._emit("text", step, {"key": _key(key, "log_text"), "text": text})
+
+    def log_artifact(self, path: str | os.PathLike[str], type: str, name: str | None = None,
+                     description: str | None = None, metadata: Mapping[str, Any] | None = None) -> None:
+        """Upload a file or directory to every backend that stores artifacts.
+
+        Only the path and a content hash go through the journal; backends read
+        the files from disk later, so keep them until the run is finished.
+        """
+        target = Path(path).resolve()
+        if not target.exists():
+            raise FileNotFoundError(f"log_artifact: {str(path)!r} does not exist")
+        label = name or target.name
+        extra = media.flat_mapping(metadata)
+        self._prepare("artifact", None, lambda _d: {
+            "path": str(target), "type": type, "name": label, "description": description,
+            "digest": media.digest_path(target), "metadata": extra,
+        })
+
+    def alert(self, title: str, text: str, level: str = "info") -> None:
+        """Send an alert to every backend that implements ``tracker_alert``."""
+        if level not in ("info", "warn", "error"):
+            raise ValueError(f"alert: level must be 'info', 'warn' or 'error', got {level!r}")
+        self._emit("alert", None, {"title": str(title), "text": str(text), "level": level})
+
+    def watch(self, model: Any, log: str = "gradients", log_freq: int = 1000) -> None:
+        """Log histograms of ``model``'s gradients and/or parameters every
+        ``log_freq`` backward passes, to every backend (torch hooks, no GPU sync)."""
+        from foundry_track.watch import watch
+
+        if self._journal is not None:
+            self._watches.append(watch(self, model, log=log, log_freq=log_freq))
+
+    def _log_sample(self, values: Mapping[str, float]) -> None:
+        """System metrics at the current step, without moving the step counter."""
+        if self._journal is not None and not self._finished and values:
+            self._journal.append("metrics", max(self._last_step, 0), time.time(), dict(values))
 
     def _after_finish(self) -> None:
         if not self._warned_after_finish:
@@ -212,7 +315,15 @@ class Run:
         _live_runs.discard(self)
         assert self._journal is not None and self._dispatcher is not None and self._info is not None
         flush_timeout = self.config.flush_timeout if timeout is None else timeout
-        self.undelivered = self._dispatcher.finish(status, flush_timeout)
+        deadline = time.monotonic() + flush_timeout
+        for handle in self._watches:
+            handle.remove()
+        if self._sampler is not None:
+            self._sampler.stop()
+        if self._media_thread is not None:
+            self._media_queue.put(None)
+            self._media_thread.join(flush_timeout)
+        self.undelivered = self._dispatcher.finish(status, max(0.0, deadline - time.monotonic()))
         self._journal.close()
         _update_run_file(self._info.dir, status=status, finished=time.time(), undelivered=self.undelivered)
         if self.config.strict and self._dispatcher.error is not None:
@@ -244,6 +355,12 @@ def _step_int(step: Any) -> int:
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     return int(step)
+
+
+def _key(key: Any, where: str) -> str:
+    if type(key) is not str or not key:
+        raise TypeError(f"{where}: key must be a non-empty str, got {key!r}")
+    return key
 
 
 def _plain(value: Any) -> Any:

@@ -2,7 +2,9 @@
 protos (not ``torch.utils.tensorboard``, whose import alone costs seconds).
 
 One ``Event`` per step holds all of that step's scalars; params become an
-HParams session so the run shows up in TensorBoard's HParams tab.
+HParams session so the run shows up in TensorBoard's HParams tab. Images,
+histograms and text use TensorBoard's own summaries; tables become markdown
+text, artifacts and alerts a text note (TensorBoard stores no files).
 """
 
 from __future__ import annotations
@@ -17,7 +19,18 @@ from pydantic import BaseModel, ConfigDict, Field
 import foundry_track
 
 if TYPE_CHECKING:
-    from foundry_track.events import MetricRow, ParamValue, RunInfo, Status
+    from foundry_track.events import (
+        AlertEvent,
+        ArtifactEvent,
+        HistogramEvent,
+        ImageEvent,
+        MetricRow,
+        ParamValue,
+        RunInfo,
+        Status,
+        TableEvent,
+        TextEvent,
+    )
 
 __all__ = ["TensorBoardBackend", "TensorBoardOptions"]
 
@@ -96,6 +109,40 @@ class TensorBoardBackend:
     @foundry_track.hookimpl
     def tracker_log_params(self, params: Mapping[str, ParamValue]) -> None:
         self._writer.write(self._pb.hparams_start(params))
+
+    @foundry_track.hookimpl
+    def tracker_log_image(self, image: ImageEvent) -> None:
+        png = image.path.read_bytes()
+        value = self._pb.image(image.key, png, image.width, image.height)
+        self._writer.write(self._pb.event(image.step, image.time, [value]))
+        if image.caption:
+            self._writer.write(self._pb.event(image.step, image.time, [self._pb.text(f"{image.key}/caption", image.caption)]))
+
+    @foundry_track.hookimpl
+    def tracker_log_histogram(self, histogram: HistogramEvent) -> None:
+        h = histogram
+        value = self._pb.histogram(h.key, h.edges, h.counts, h.min, h.max, h.num, h.sum, h.sum_squares)
+        self._writer.write(self._pb.event(h.step, h.time, [value]))
+
+    @foundry_track.hookimpl
+    def tracker_log_text(self, text: TextEvent) -> None:
+        self._writer.write(self._pb.event(text.step, text.time, [self._pb.text(text.key, text.text)]))
+
+    @foundry_track.hookimpl
+    def tracker_log_table(self, table: TableEvent) -> None:
+        body = self._pb.markdown_table(table.columns, table.rows)
+        self._writer.write(self._pb.event(table.step, table.time, [self._pb.text(table.key, body)]))
+
+    @foundry_track.hookimpl
+    def tracker_log_artifact(self, artifact: ArtifactEvent) -> None:
+        note = (f"**{artifact.type}** `{artifact.name}` at `{artifact.path}` (sha256 {artifact.digest})"
+                + (f": {artifact.description}" if artifact.description else ""))
+        self._writer.write(self._pb.event(artifact.step, artifact.time, [self._pb.text(f"artifacts/{artifact.name}", note)]))
+
+    @foundry_track.hookimpl
+    def tracker_alert(self, alert: AlertEvent) -> None:
+        note = f"**{alert.level.upper()}: {alert.title}**\n\n{alert.text}"
+        self._writer.write(self._pb.event(alert.step, alert.time, [self._pb.text("alerts", note)]))
 
     # -- finish ------------------------------------------------------------ #
 

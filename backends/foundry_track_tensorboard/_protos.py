@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from tensorboard.compat.proto.event_pb2 import Event
-from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary, SummaryMetadata
+from tensorboard.compat.proto.tensor_pb2 import TensorProto
+from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+from tensorboard.compat.proto.types_pb2 import DT_STRING
 from tensorboard.plugins.hparams import api_pb2, metadata as hp_metadata, plugin_data_pb2
 
 _Value = Summary.Value
@@ -28,6 +31,35 @@ def scalar(tag: str, value: float) -> Any:
 
 def event(step: int, wall_time: float, values: list[Any]) -> Event:
     return Event(wall_time=wall_time, step=step, summary=Summary(value=values))
+
+
+def image(tag: str, png: bytes, width: int, height: int) -> Any:
+    # colorspace is informational for TensorBoard; the PNG header carries the truth.
+    return _Value(tag=tag, image=Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png))
+
+
+def histogram(tag: str, edges: Any, counts: Any, lo: float, hi: float, num: int, total: float, squares: float) -> Any:
+    histo = HistogramProto(min=lo, max=hi, num=num, sum=total, sum_squares=squares,
+                           bucket_limit=list(edges[1:]), bucket=list(counts))
+    return _Value(tag=tag, histo=histo)
+
+
+_TEXT_META = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text"))
+
+
+def text(tag: str, body: str) -> Any:
+    tensor = TensorProto(dtype=DT_STRING, string_val=[body.encode("utf-8")],
+                         tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]))
+    return _Value(tag=tag, metadata=_TEXT_META, tensor=tensor)
+
+
+def markdown_table(columns: Any, rows: Any) -> str:
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def _hparams_event(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Event:
