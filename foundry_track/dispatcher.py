@@ -193,12 +193,14 @@ class Worker:
                 journal.wait_for(self.pos, 0.25)
                 continue
             for hook, kind, kwargs, last_seq, count in hook_groups(records):
+                before = (self.stats.batches, self.stats.retries, self.stats.busy_s)
                 if hook is None or hook not in self.hooks.implemented:
                     self._skip(kind)
                 elif not self._call(hook, kwargs, count):
                     return False
                 self.pos = last_seq
-                journal.set_position(self.name, last_seq)
+                journal.set_position(self.name, last_seq, batches=self.stats.batches - before[0],
+                                     retries=self.stats.retries - before[1], busy_s=self.stats.busy_s - before[2])
         return False
 
     def _skip(self, kind: str) -> None:

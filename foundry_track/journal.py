@@ -45,7 +45,10 @@ CREATE TABLE IF NOT EXISTS positions (
     seq        INTEGER NOT NULL,
     errors     INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
-    updated    REAL NOT NULL
+    updated    REAL NOT NULL,
+    batches    INTEGER NOT NULL DEFAULT 0,
+    retries    INTEGER NOT NULL DEFAULT 0,
+    busy_s     REAL NOT NULL DEFAULT 0
 );
 """
 
@@ -255,15 +258,25 @@ class Journal:
         return row[0] if row else 0
 
     def positions(self) -> dict[str, dict[str, Any]]:
-        rows = self._conn().execute("SELECT backend, seq, errors, last_error, updated FROM positions").fetchall()
-        return {b: {"seq": s, "errors": e, "last_error": le, "updated": u} for b, s, e, le, u in rows}
+        """Each backend's delivered seq and health: errors, last error, batches, retries, busy seconds."""
+        rows = self._conn().execute(
+            "SELECT backend, seq, errors, last_error, updated, batches, retries, busy_s FROM positions"
+        ).fetchall()
+        return {b: {"seq": s, "errors": e, "last_error": le, "updated": u, "batches": n, "retries": r, "busy_s": busy}
+                for b, s, e, le, u, n, r, busy in rows}
 
-    def set_position(self, backend: str, seq: int) -> None:
-        """Record that ``backend`` has every event up to ``seq`` (its hook returned)."""
+    def set_position(self, backend: str, seq: int, *, batches: int = 0, retries: int = 0, busy_s: float = 0.0) -> None:
+        """Record that ``backend`` has every event up to ``seq`` (its hook returned).
+
+        ``batches``, ``retries`` and ``busy_s`` are added to the backend's totals
+        (the health that ``foundry-track show`` reports).
+        """
         self._conn().execute(
-            "INSERT INTO positions (backend, seq, updated) VALUES (?, ?, ?) "
-            "ON CONFLICT(backend) DO UPDATE SET seq = excluded.seq, updated = excluded.updated",
-            (backend, seq, time.time()),
+            "INSERT INTO positions (backend, seq, updated, batches, retries, busy_s) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(backend) DO UPDATE SET seq = excluded.seq, updated = excluded.updated, "
+            "batches = batches + excluded.batches, retries = retries + excluded.retries, "
+            "busy_s = busy_s + excluded.busy_s",
+            (backend, seq, time.time(), batches, retries, busy_s),
         )
 
     def record_error(self, backend: str, message: str) -> None:
