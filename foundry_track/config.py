@@ -58,6 +58,7 @@ class TrackingConfig(BaseModel):
     every_n_steps: int = Field(1, ge=1, description="Keep metrics only at steps divisible by N (1 keeps all).", examples=[10])
     journal_flush_interval: float = Field(0.1, gt=0, le=10, description="Seconds between journal commits: the most a hard crash (SIGKILL) can lose.", examples=[0.1])
     system_metrics_interval: float | None = Field(None, gt=0, description="Seconds between samples of CPU %, process memory and GPU memory/utilisation, logged as `system/*`; null turns the sampler off.", examples=[10.0])
+    per_rank: bool = Field(False, description="Under torchrun: every rank logs its own run `<run>-rank<N>`, grouped; default: rank 0 logs for the job.", examples=[False])
     strict: bool = Field(False, description="Re-raise backend errors instead of isolating them (tests, plugin authors).", examples=[False])
 
 

@@ -167,7 +167,13 @@ class Worker:
                 d.start_failed(self, exc)
             return False
         timer.cancel()
-        if self.state != "starting":  # the timeout fired first; the fallback has taken over
+        if self.state != "starting":
+            # The timeout fired first and the fallback took over: close what the
+            # backend opened late, so no remote run stays RUNNING.
+            try:
+                self.hooks.call("tracker_finish", status="killed")
+            except Exception:  # noqa: BLE001
+                _log.debug("backend %r: closing a late start failed", self.name, exc_info=True)
             return False
         self.state = "running"
         if identity:
@@ -310,7 +316,11 @@ class Dispatcher:
             _log.debug("backend %r failed again in %s: %s", worker.name, hook, message)
 
     def start_failed(self, worker: Worker, exc: BaseException) -> None:
+        # One warning says it all (a missing API key needs no traceback); the
+        # traceback goes to debug level for plugin authors.
+        worker.error_reported = True
         self.report(worker, "tracker_start", exc, 0)
+        _log.debug("backend %r: tracker_start failed", worker.name, exc_info=exc)
         fallback = self._fallback(worker.name) if self._fallback else None
         also = f"; events now also go to the fallback backend {fallback.name!r}" if fallback else ""
         _log.warning(

@@ -35,8 +35,9 @@ ParamValue = Union[str, int, float, bool, None]
 class RunInfo:
     """Who the run is: what every backend receives at start.
 
-    ``config`` is the user's configuration with secrets already replaced by
-    ``***``; ``dir`` is the run directory, which a backend may write below.
+    ``config`` is the experiment's configuration given to ``init(params=...)``
+    (nested, secrets already replaced by ``***``; empty if none was given);
+    ``dir`` is the run directory, which a backend may write below.
     """
 
     id: str

@@ -8,6 +8,7 @@ a backend.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import numbers
@@ -25,7 +26,7 @@ from typing import Any, Callable, Final, Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
 
-from foundry_track import media
+from foundry_track import distributed, media
 from foundry_track.config import ConfigError, TrackingConfig, flatten, format_validation_error, load_config, redact
 from foundry_track.dispatcher import BackendError, Dispatcher, Worker
 from foundry_track.events import STATUSES, RunInfo, Status
@@ -149,13 +150,20 @@ class Run:
 
     # -- logging ----------------------------------------------------------- #
 
-    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+    def log(self, metrics: Mapping[str, Any], step: int | None = None, reduce: str | None = None) -> None:
         """Record scalars at ``step`` (default: the last step + 1). Returns in microseconds.
 
         Values may be int, float, bool, numpy scalars or 0-d torch tensors (a CUDA
         tensor is read later, off the training thread). A step lower than one
         already logged is kept and reported once.
+
+        ``reduce="mean" | "sum" | "max" | "min"`` makes this call a COLLECTIVE
+        under torch.distributed: every rank must call it, with the same keys in
+        the same order; rank 0 logs the reduced values. Different keys raise
+        :class:`~foundry_track.distributed.KeyMismatchError` on every rank.
         """
+        if reduce is not None:
+            metrics = distributed.reduce_metrics(metrics, reduce)
         journal = self._journal
         if journal is None or self._finished:
             if self._finished and journal is not None:
@@ -288,6 +296,22 @@ class Run:
         if self._journal is not None:
             self._watches.append(watch(self, model, log=log, log_freq=log_freq))
 
+    def log_system_metrics(self, step: int | None = None, *, gather: bool = False) -> None:
+        """Log one reading of ``system/*`` (CPU %, process memory, GPU memory).
+
+        ``gather=True`` is a collective: every rank's reading is sent to rank 0
+        and logged as ``system/rank<N>/...``.
+        """
+        from foundry_track.system import sample
+
+        values = sample(None, _psutil_process())
+        if gather and distributed.collective():
+            per_rank = distributed.all_gather(values)
+            values = {f"system/rank{r}/{k.removeprefix('system/')}": v
+                      for r, reading in enumerate(per_rank) for k, v in reading.items()}
+        if self._journal is not None and not self._finished:
+            self._journal.append("metrics", self._step_for(step), time.time(), values)
+
     def _log_sample(self, values: Mapping[str, float]) -> None:
         """System metrics at the current step, without moving the step counter."""
         if self._journal is not None and not self._finished and values:
@@ -355,6 +379,15 @@ def _step_int(step: Any) -> int:
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     return int(step)
+
+
+@functools.lru_cache(maxsize=1)
+def _psutil_process() -> Any:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.Process()
 
 
 def _key(key: Any, where: str) -> str:
@@ -475,10 +508,24 @@ def _hooks_for(info: BackendInfo) -> BackendHooks:
     return BackendHooks(pm, info.name)
 
 
+def _identity(cfg: TrackingConfig, resume: str | os.PathLike[str] | None) -> tuple[str, str, str, dict[str, Any]]:
+    """(run id, name, run directory, previous run.json) of a new or resumed run."""
+    if resume is not None:
+        previous = _read_run_file(Path(resume))
+        if not previous:
+            raise ConfigError(f"resume={str(resume)!r}: no {RUN_FILE} there; pass the directory of an earlier run")
+        return previous["id"], previous["name"], str(Path(resume).resolve()), previous
+    run_id = cfg.run_id or _new_id()
+    name = cfg.run_name or run_id
+    run_dir = (Path(cfg.dir) / (f"{_slug(name)}-{run_id}" if cfg.run_name else run_id)).resolve()
+    return run_id, name, str(run_dir), _read_run_file(run_dir)  # the same run_id again continues it
+
+
 def init(
     config: str | os.PathLike[str] | Mapping[str, Any] | TrackingConfig | None = None,
     *,
     resume: str | os.PathLike[str] | None = None,
+    params: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> Run:
     """Start a run from a YAML path, a dict, a :class:`TrackingConfig` or nothing.
@@ -486,6 +533,8 @@ def init(
     Keyword ``overrides`` replace fields of the config (``project=``,
     ``run_name=``, ``backends=``...). ``resume=RUN_DIR`` continues a run: the
     same id, directory and backend runs, steps continuing after the last one.
+    ``params`` is the experiment's configuration: redacted, handed to every
+    backend at start (W&B's run config) and logged as params.
     """
     cfg = load_config(config)
     if overrides:
@@ -495,38 +544,52 @@ def init(
             raise ConfigError(format_validation_error(exc, TrackingConfig, "init()")) from None
     if cfg.mode == "disabled":
         return Run(cfg, info=None, journal=None, dispatcher=None)
+    # Validated on every rank before any collective, so a bad config raises
+    # everywhere instead of leaving the other ranks waiting in a broadcast.
     chosen = _resolve_backends(cfg)
-
-    previous: dict[str, Any] = {}
-    if resume is not None:
-        run_dir = Path(resume)
+    rank, world = distributed.rank_world()
+    shared = distributed.collective() and not (cfg.per_rank and cfg.run_id)
+    ident: Any = None
+    if rank == 0 or not shared:
+        try:
+            ident = _identity(cfg, resume)
+        except ConfigError as exc:
+            ident = exc  # sent to every rank, so all of them raise it
+    if shared:
+        ident = distributed.broadcast(ident)
+    if isinstance(ident, ConfigError):
+        raise ident
+    run_id, name, run_dir, previous = ident
+    run_dir = Path(run_dir)
+    group = cfg.group
+    if world > 1 and cfg.per_rank:
+        group = group or name
+        run_id, name, run_dir = f"{run_id}r{rank}", f"{name}-rank{rank}", run_dir / f"rank{rank}"
         previous = _read_run_file(run_dir)
-        if not previous:
-            raise ConfigError(f"resume={str(resume)!r}: no {RUN_FILE} there; pass the directory of an earlier run")
-        run_id, name = previous["id"], previous["name"]
-    else:
-        run_id = cfg.run_id or _new_id()
-        name = cfg.run_name or run_id
-        run_dir = Path(cfg.dir) / (f"{_slug(name)}-{run_id}" if cfg.run_name else run_id)
-        if (run_dir / RUN_FILE).exists():
-            previous = _read_run_file(run_dir)  # same run_id given again: continue it
+    elif rank != 0:
+        # Rank 0 owns the backends, the journal and the run directory; this rank
+        # knows the run's id and directory, and its log() is a no-op unless reducing.
+        info = RunInfo(id=run_id, name=name, project=cfg.project, entity=cfg.entity, tags=tuple(cfg.tags),
+                       notes=cfg.notes, group=group, config={}, dir=run_dir, resumed=bool(previous))
+        return Run(cfg, info=info, journal=None, dispatcher=None)
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
 
     info = RunInfo(
         id=run_id, name=name, project=cfg.project, entity=cfg.entity, tags=tuple(cfg.tags), notes=cfg.notes,
-        group=cfg.group, config=redact(cfg.model_dump(mode="json")), dir=run_dir, resumed=bool(previous),
+        group=group, config=redact(_plain(params or {})), dir=run_dir, resumed=bool(previous),
     )
     backend_ids = dict(previous.get("backend_ids", {}))
     _write_run_file(run_dir, {
         **previous,
         "id": run_id, "name": name, "project": cfg.project, "entity": cfg.entity, "tags": list(cfg.tags),
-        "notes": cfg.notes, "group": cfg.group, "status": "running",
+        "notes": cfg.notes, "group": group, "status": "running",
         "started": previous.get("started", time.time()), "finished": None,
         "resumed_at": time.time() if previous else None,
         "pid": os.getpid(), "host": socket.gethostname(),
         "backends": {n: redact(dict(cfg.backends[n] or {})) for n in chosen},
-        "fallback": cfg.fallback, "backend_ids": backend_ids,
+        "fallback": cfg.fallback, "backend_ids": backend_ids, "config": info.config,
+        "start_timeout": cfg.start_timeout, "flush_timeout": cfg.flush_timeout,
     })
 
     journal = Journal(run_dir / JOURNAL_FILE, flush_interval=cfg.journal_flush_interval)
@@ -561,6 +624,8 @@ def init(
     run = Run(cfg, info=info, journal=journal, dispatcher=dispatcher,
               last_step=last_step if last_step is not None else -1)
     journal.start()
+    if params:
+        run.log_params(params)
     for name_, (_, options) in chosen.items():
         dispatcher.add(name_, hooks[name_], options, backend_ids.get(name_, {}))
     return run

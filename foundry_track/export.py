@@ -1,0 +1,202 @@
+"""``foundry-track export``: every metric value of a run, from its journal, as
+CSV, JSON, JSON Lines or Parquet: the W&B guide's "Export: download data as
+CSV/JSON" without a server.
+
+Two layouts:
+
+* ``long`` (default): one row per logged value, columns ``seq, step, time, key,
+  value``. Every step of every metric is there exactly as logged, including
+  repeated steps and metrics logged at different steps; ``seq`` is the journal
+  event, shared by the values of one ``run.log`` call.
+* ``wide``: one row per ``run.log`` call (``seq, step, time`` then one column
+  per metric, empty where that call did not log the metric), the shape of W&B's
+  CSV export. Needs two passes over the journal (the columns first).
+
+Values keep their type in CSV and JSON (an int stays an int; floats are
+written with ``repr`` so they read back bit for bit). NaN and infinities are
+written as ``nan``/``inf`` in CSV and as ``NaN``/``Infinity`` in JSON (what
+Python's ``json`` and pandas read back); Parquet stores them natively, with
+``value`` as float64.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import IO, Any, Callable, Final, Iterable, Iterator, Literal, Sequence
+
+from foundry_track.inspect import MetricPoint, metric_points
+
+__all__ = ["FORMATS", "LAYOUTS", "ExportError", "export_run", "INSTALL_PARQUET"]
+
+FORMATS: Final = ("csv", "json", "jsonl", "parquet")
+LAYOUTS: Final = ("long", "wide")
+LONG_COLUMNS: Final = ("seq", "step", "time", "key", "value")
+INSTALL_PARQUET: Final = "pip install pyarrow"
+_PARQUET_BATCH: Final = 100_000
+Format = Literal["csv", "json", "jsonl", "parquet"]
+Layout = Literal["long", "wide"]
+
+
+class ExportError(ValueError):
+    """Bad export request (unknown format, parquet to stdout, missing folder)."""
+
+
+class MissingDependency(RuntimeError):
+    """pyarrow is needed for Parquet and is not installed."""
+
+
+def _wide_rows(run_dir: Path, keys: Sequence[str] | None) -> tuple[list[str], Iterator[dict[str, Any]]]:
+    columns: dict[str, None] = {}
+    for point in metric_points(run_dir, keys):  # first pass: the metric columns, in first-logged order
+        columns.setdefault(point.key)
+
+    def rows() -> Iterator[dict[str, Any]]:
+        current: dict[str, Any] | None = None
+        for point in metric_points(run_dir, keys):
+            if current is None or current["seq"] != point.seq:
+                if current is not None:
+                    yield current
+                current = {"seq": point.seq, "step": point.step, "time": point.time}
+            current[point.key] = point.value
+        if current is not None:
+            yield current
+
+    return ["seq", "step", "time", *columns], rows()
+
+
+def _long_rows(run_dir: Path, keys: Sequence[str] | None) -> tuple[list[str], Iterator[dict[str, Any]]]:
+    return list(LONG_COLUMNS), (p._asdict() for p in metric_points(run_dir, keys))
+
+
+def export_run(
+    run_dir: str | os.PathLike[str],
+    fmt: Format,
+    out: str | os.PathLike[str] | None,
+    *,
+    layout: Layout = "long",
+    keys: Sequence[str] | None = None,
+) -> int:
+    """Write the run's metrics to ``out`` (``None`` or ``-``: stdout, not for
+    parquet); return the number of rows written. A file is written atomically."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if layout not in LAYOUTS:
+        raise ExportError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    to_stdout = out is None or str(out) == "-"
+    if fmt == "parquet" and to_stdout:
+        raise ExportError("--format parquet writes a binary file: give -o FILE.parquet")
+    path = Path(run_dir)
+    columns, rows = (_wide_rows if layout == "wide" else _long_rows)(path, keys)
+    if fmt == "parquet":
+        writer = _parquet_writer(layout)
+        return _atomic(Path(out), lambda tmp: writer(tmp, columns, rows))  # type: ignore[arg-type]
+    text_writer = {"csv": _write_csv, "json": _write_json, "jsonl": _write_jsonl}[fmt]
+    if to_stdout:
+        return text_writer(sys.stdout, columns, rows)
+
+    def write(tmp: Path) -> int:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            return text_writer(fh, columns, rows)
+
+    return _atomic(Path(out), write)  # type: ignore[arg-type]
+
+
+def _atomic(target: Path, write: Callable[[Path], int]) -> int:
+    if not target.parent.is_dir():
+        raise ExportError(f"-o {target}: the folder {target.parent} does not exist")
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    try:
+        count = write(tmp)
+        os.replace(tmp, target)  # a failed export never leaves half a file behind
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
+
+
+def _write_csv(fh: IO[str], columns: list[str], rows: Iterable[dict[str, Any]]) -> int:
+    # csv writes floats with str(), which is repr() in Python 3: exact round trip.
+    writer = csv.DictWriter(fh, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    count = 0
+    for row in rows:
+        writer.writerow(row)
+        count += 1
+    return count
+
+
+def _write_json(fh: IO[str], columns: list[str], rows: Iterable[dict[str, Any]]) -> int:
+    # Streamed by hand, so a run of millions of values never sits in memory twice.
+    fh.write("[")
+    count = 0
+    for row in rows:
+        fh.write(("\n" if count == 0 else ",\n") + json.dumps(row, separators=(",", ":")))
+        count += 1
+    fh.write("\n]\n" if count else "]\n")
+    return count
+
+
+def _write_jsonl(fh: IO[str], columns: list[str], rows: Iterable[dict[str, Any]]) -> int:
+    count = 0
+    for row in rows:
+        fh.write(json.dumps(row, separators=(",", ":")) + "\n")
+        count += 1
+    return count
+
+
+def _parquet_writer(layout: Layout) -> Callable[[Path, list[str], Iterator[dict[str, Any]]], int]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MissingDependency(
+            f"--format parquet needs pyarrow, which is not installed: {INSTALL_PARQUET} "
+            "(mlflow brings it too); or export --format csv"
+        ) from None
+
+    def schema(columns: list[str]) -> Any:
+        fixed = [pa.field("seq", pa.int64()), pa.field("step", pa.int64()), pa.field("time", pa.float64())]
+        if layout == "long":
+            return pa.schema([*fixed, pa.field("key", pa.string()), pa.field("value", pa.float64())])
+        return pa.schema([*fixed, *(pa.field(c, pa.float64()) for c in columns[3:])])
+
+    def write(tmp: Path, columns: list[str], rows: Iterator[dict[str, Any]]) -> int:
+        sch = schema(columns)
+        count = 0
+        with pq.ParquetWriter(tmp, sch) as writer:
+            batch: list[dict[str, Any]] = []
+            for row in rows:
+                batch.append(row)
+                if len(batch) >= _PARQUET_BATCH:
+                    writer.write_table(_table(pa, sch, batch))
+                    count += len(batch)
+                    batch = []
+            if batch or count == 0:
+                writer.write_table(_table(pa, sch, batch))
+                count += len(batch)
+        return count
+
+    return write
+
+
+def _table(pa: Any, schema: Any, rows: list[dict[str, Any]]) -> Any:
+    arrays = []
+    for f in schema:
+        values = [row.get(f.name) for row in rows]
+        if pa.types.is_floating(f.type):
+            values = [None if v is None else float(v) for v in values]
+        arrays.append(pa.array(values, type=f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def point_from_row(row: dict[str, Any]) -> MetricPoint:
+    """A long-layout row read back from JSON (used by tests and scripts)."""
+    return MetricPoint(int(row["seq"]), int(row["step"]), float(row["time"]), str(row["key"]), row["value"])
+
+
+# Unused import guard: io is used by callers that export to a string buffer.
+_ = io

@@ -1,0 +1,223 @@
+"""``foundry-track plot``: overlay runs' metric curves in a PNG, read from their
+journals: the W&B guide's "compare experiments" without a server.
+
+matplotlib is optional (``pip install 'foundry-track[plot]'``) and imported only
+here, only when plotting. The figure is built with ``matplotlib.figure.Figure``
+and saved through the Agg canvas, never through ``pyplot``: no GUI backend, no
+global figure state, works on a headless node.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Literal, Sequence
+
+from foundry_track.inspect import RunDirError, load_run, metric_series
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["PlotError", "MissingDependency", "ema", "moving_average", "plot_runs", "save_figure", "INSTALL"]
+
+INSTALL: Final = "pip install 'foundry-track[plot]'"
+Smoothing = Literal["ema", "mean"]
+XAxis = Literal["step", "time"]
+
+
+class PlotError(ValueError):
+    """Bad input for a plot (unknown metric, no data); the message says what exists."""
+
+
+class MissingDependency(RuntimeError):
+    """An optional package is not installed; the message has the install command."""
+
+
+def _matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingDependency(f"plotting needs matplotlib, which is not installed: {INSTALL}") from None
+
+
+# --------------------------------------------------------------------------- #
+# Smoothing: pure functions over lists (NaN and inf are gaps, not poison)
+# --------------------------------------------------------------------------- #
+
+
+def ema(values: Sequence[float], span: int) -> list[float]:
+    """Exponential moving average with ``alpha = 2 / (span + 1)``, debiased at the
+    start (as TensorBoard's smoothing is), so the curve does not begin at 0.
+
+    A non-finite value is kept as a gap in the output and left out of the average.
+    """
+    if span <= 1:
+        return [float(v) for v in values]
+    alpha = 2.0 / (span + 1)
+    out: list[float] = []
+    avg, weight = 0.0, 0.0
+    for v in values:
+        v = float(v)
+        if not math.isfinite(v):
+            out.append(math.nan)
+            continue
+        avg = (1 - alpha) * avg + alpha * v
+        weight = (1 - alpha) * weight + alpha
+        out.append(avg / weight)
+    return out
+
+
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean of the last ``window`` finite values (fewer at the start)."""
+    if window <= 1:
+        return [float(v) for v in values]
+    out: list[float] = []
+    recent: deque[float] = deque()
+    total = 0.0
+    for v in values:
+        v = float(v)
+        if not math.isfinite(v):
+            out.append(math.nan)
+            continue
+        recent.append(v)
+        total += v
+        if len(recent) > window:
+            total -= recent.popleft()
+        out.append(total / len(recent))
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# The figure
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True, slots=True)
+class _Curve:
+    label: str
+    x: list[float]
+    y: list[float]
+
+
+def _labels(runs: Sequence[Path]) -> list[str]:
+    """Run names, with the id added where two runs share a name."""
+    summaries = [load_run(r) for r in runs]
+    names = [s.name for s in summaries]
+    return [s.name if names.count(s.name) == 1 else f"{s.name} ({s.id})" for s in summaries]
+
+
+def plot_runs(
+    runs: Sequence[str | os.PathLike[str]],
+    metrics: Sequence[str],
+    *,
+    smooth: int = 0,
+    smoothing: Smoothing = "ema",
+    x: XAxis = "step",
+    overlay: bool = False,
+    size: tuple[int, int] | None = None,
+    log_y: bool = False,
+    title: str | None = None,
+) -> tuple[Figure, list[str]]:
+    """Build the comparison figure; return it and warnings (a run without a metric).
+
+    One axes per metric (or one for all with ``overlay``), one line per run per
+    metric labelled with the run name. With ``smooth`` the raw curve is drawn
+    faint behind the smoothed one; raw lines carry a ``_``-prefixed label, so
+    matplotlib leaves them out of the legend and ``[l for l in ax.lines if not
+    l.get_label().startswith('_')]`` are the curves.
+    """
+    _matplotlib()
+    from matplotlib.figure import Figure
+
+    if not runs:
+        raise PlotError("give at least one run to plot")
+    if not metrics:
+        raise PlotError("give at least one --metric (e.g. --metric train/loss)")
+    paths = [Path(r) for r in runs]
+    labels = _labels(paths)
+    warnings: list[str] = []
+    per_metric: dict[str, list[_Curve]] = {m: [] for m in metrics}
+    for path, label in zip(paths, labels):
+        series = metric_series(path, metrics)
+        for metric in metrics:
+            s = series.get(metric)
+            if s is None:
+                warnings.append(f"run {label} has no metric {metric!r}")
+                continue
+            if x == "time":
+                t0 = s.times[0]
+                xs = [(t - t0) / 3600.0 for t in s.times]
+            else:
+                xs = [float(step) for step in s.steps]
+            per_metric[metric].append(_Curve(label, xs, [float(v) for v in s.values]))
+    missing = [m for m, curves in per_metric.items() if not curves]
+    if missing:
+        raise PlotError(_unknown_metrics(missing, paths))
+
+    panels = [list(metrics)] if overlay else [[m] for m in metrics]
+    width_px, height_px = size or (1000, 160 + 320 * len(panels))
+    dpi = 100
+    fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, layout="constrained")
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    colors = [f"C{i}" for i in range(10)]
+    for ax, panel in zip(axes, panels):
+        index = 0
+        for metric in panel:
+            for curve in per_metric[metric]:
+                color = colors[index % len(colors)]
+                index += 1
+                label = f"{curve.label} · {metric}" if overlay and len(panel) > 1 else curve.label
+                ys = [v if math.isfinite(v) else math.nan for v in curve.y]
+                if smooth > 1:
+                    ax.plot(curve.x, ys, color=color, alpha=0.25, linewidth=0.8, label=f"_raw {label}")
+                    ys = ema(ys, smooth) if smoothing == "ema" else moving_average(ys, smooth)
+                ax.plot(curve.x, ys, color=color, linewidth=1.4, label=label)
+        ax.set_ylabel(panel[0] if len(panel) == 1 else "value")
+        if log_y:
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+        if len(panel) == 1 and not overlay:
+            ax.set_title(panel[0], fontsize="medium")
+    axes[-1].set_xlabel("step" if x == "step" else "hours since the first value")
+    note = f" (smoothed: {smoothing} over {smooth} points)" if smooth > 1 else ""
+    fig.suptitle((title or f"{len(paths)} run{'s' if len(paths) != 1 else ''}") + note, fontsize="medium")
+    return fig, warnings
+
+
+def _unknown_metrics(missing: Sequence[str], runs: Sequence[Path]) -> str:
+    from foundry_track.inspect import scan
+
+    known: set[str] = set()
+    for run in runs:
+        try:
+            known.update(scan(run).metrics)
+        except RunDirError:
+            continue
+    hints = []
+    for metric in missing:
+        close = difflib.get_close_matches(metric, sorted(known), n=3, cutoff=0.5)
+        hints.append(f"{metric!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
+    listed = ", ".join(sorted(known)[:30]) or "none"
+    return f"no run has the metric {', '.join(hints)}; the runs have: {listed}"
+
+
+def save_figure(fig: Figure, out: str | os.PathLike[str]) -> Path:
+    """Write the figure (format from the suffix: png, svg, pdf), atomically."""
+    path = Path(out)
+    suffix = path.suffix.lower().lstrip(".") or "png"
+    if path.parent != Path("") and not path.parent.exists():
+        raise PlotError(f"-o {out}: the folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        fig.savefig(tmp, format=suffix)
+        os.replace(tmp, path)
+    except ValueError as exc:  # unknown format
+        raise PlotError(f"-o {out}: {exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
