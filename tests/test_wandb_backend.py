@@ -40,29 +40,13 @@ from foundry_track_wandb import (
 )
 from tests.helpers.tb import scalars
 from tests.helpers.wandb_offline import OfflineRun, find_run_files, read_all_offline_runs, read_offline_run
+from tests.helpers.wandb_offline import finished_runs as _finished_runs
 
 SECRET = "hunter2-not-for-wandb"
 
 
 def _cfg(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     return {"dir": str(tmp_path / "runs"), "backends": {"wandb": {}}, "fallback": None, "strict": True, **overrides}
-
-
-def _finished_runs(root: Path, timeout: float = 10.0) -> list[OfflineRun]:
-    """Every W&B run under ``root``, once each of its files holds the exit record.
-
-    ``run.finish()`` returns when wandb-core has the exit record, but wandb-core
-    writes the file's last 32 KiB block moments later (seen: a read right after
-    ``finish()`` missed the last ~60 history rows). The log is sequential, so a
-    file with its exit record is complete.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        files = find_run_files(root)
-        if files and all(read_offline_run(f).exit_code is not None for f in files):
-            break
-        time.sleep(0.05)
-    return read_all_offline_runs(root)
 
 
 def _steps(history: list[dict[str, Any]]) -> list[int]:

@@ -444,3 +444,22 @@ def read_all_offline_runs(root: Path) -> list[OfflineRun]:
     order of their first start time.
     """
     return [_merge(segments) for segments in _read_grouped(Path(root)).values()]
+
+
+def finished_runs(root: Path, timeout: float = 10.0) -> list[OfflineRun]:
+    """Every W&B run under ``root``, once each of its files holds the exit record.
+
+    ``run.finish()`` returns when wandb-core has the exit record, but wandb-core
+    writes the file's last 32 KiB block moments later (seen: a read right after
+    ``finish()`` missed the last ~60 history rows). The log is sequential, so a
+    file with its exit record is complete.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = find_run_files(root)
+        if files and all(read_offline_run(f).exit_code is not None for f in files):
+            break
+        time.sleep(0.05)
+    return read_all_offline_runs(root)
