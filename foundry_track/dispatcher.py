@@ -39,7 +39,7 @@ __all__ = ["Dispatcher", "TransientError", "BackendError", "is_transient"]
 _log = logging.getLogger("foundry_track")
 BATCH_LIMIT: Final = 2000  # records per read: bounds a lagging backend's memory
 _MAX_PERMANENT_ATTEMPTS: Final = 3
-_BACKOFF_CAP: Final = 30.0
+_BACKOFF_CAP: Final = 10.0  # a server back from an outage is used again within 10 s
 
 
 class TransientError(Exception):
@@ -216,7 +216,7 @@ class Worker:
 
     def _call(self, hook: str, kwargs: dict[str, Any], count: int) -> bool:
         d = self.dispatcher
-        attempt = 0
+        attempt = permanent = 0
         while True:
             started = time.perf_counter()
             try:
@@ -228,11 +228,15 @@ class Worker:
                 if d.strict:
                     self.state = "gave_up"
                     return False
-                if not is_transient(exc) and attempt >= _MAX_PERMANENT_ATTEMPTS:
+                # Transient errors (an outage) are retried until finish's deadline;
+                # only errors that will not heal by waiting count towards giving up.
+                permanent += not is_transient(exc)
+                if permanent >= _MAX_PERMANENT_ATTEMPTS:
                     self.state = "gave_up"
                     _log.error(
-                        "backend %r gave up after %d attempts; its remaining events stay in the journal: "
-                        "foundry-track sync %s --backend %s", self.name, attempt, d.run_info.dir, self.name,
+                        "backend %r gave up after %d failures that are not transient; its remaining events stay "
+                        "in the journal: foundry-track sync %s --backend %s", self.name, permanent, d.run_info.dir,
+                        self.name,
                     )
                     return False
                 self.stats.retries += 1
