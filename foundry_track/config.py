@@ -154,17 +154,23 @@ def is_secret_key(key: str) -> bool:
     return bool(_SECRET.search(key))
 
 
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/:@\s]+:)[^@/\s]+(?P<tail>@)", re.IGNORECASE)
+
+
 def redact(value: Any) -> Any:
     """A copy of ``value`` with every value under a secret-looking key replaced.
 
     A key is secret when it contains ``key``, ``token``, ``secret`` or
     ``password`` (any case) — ``WANDB_API_KEY``, ``hf_token``, ``db.password``.
+    A password inside a URL (``http://user:pw@host``) is masked wherever it is.
     """
     if isinstance(value, Mapping):
         return {k: (REDACTED if isinstance(k, str) and is_secret_key(k) and v is not None else redact(v))
                 for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return _URL_PASSWORD.sub(rf"\g<head>{REDACTED}\g<tail>", value)
     return value
 
 

@@ -19,6 +19,7 @@ import os
 import socket
 import sqlite3
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Iterable, Iterator, Mapping, NamedTuple, Sequence
@@ -28,6 +29,7 @@ from foundry_track.journal import JOURNAL_FILE, Journal
 __all__ = [
     "RUN_FILE",
     "RunDirError",
+    "MissingDependency",
     "BackendState",
     "RunSummary",
     "MetricPoint",
@@ -41,7 +43,12 @@ __all__ = [
     "metric_points",
     "metric_series",
     "scan",
+    "flat_config",
     "local_copies",
+    "mask_url",
+    "CleanDecision",
+    "parse_age",
+    "plan_clean",
 ]
 
 RUN_FILE: Final = "run.json"  # = foundry_track.run.RUN_FILE; not imported, that module pulls in pydantic
@@ -50,6 +57,10 @@ _MAX_DEPTH: Final = 4  # how deep `find_runs` looks below DIR (per-rank runs sit
 
 class RunDirError(ValueError):
     """A path or reference that is not a readable foundry-track run; the message says why."""
+
+
+class MissingDependency(RuntimeError):
+    """An optional package (matplotlib, pyarrow) is not installed; the message has the install command."""
 
 
 # --------------------------------------------------------------------------- #
@@ -79,6 +90,7 @@ class BackendState:
     identity: Mapping[str, str]  # the backend's run identity (W&B run id and URL, MLflow run id, TB dir)
     options: Mapping[str, Any]  # as run.json keeps them: secrets already redacted
     is_fallback: bool
+    awaiting_upload: str | None = None  # an offline copy (folder) that still has to be uploaded
 
     @property
     def link(self) -> str | None:
@@ -97,6 +109,7 @@ class BackendState:
             "retries": self.retries, "busy_s": self.busy_s, "mean_batch_ms": self.mean_batch_ms,
             "undelivered_at_finish": self.undelivered_at_finish, "identity": dict(self.identity),
             "link": self.link, "options": dict(self.options), "fallback": self.is_fallback,
+            "awaiting_upload": self.awaiting_upload,
         }
 
 
@@ -251,7 +264,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunSummary:
     except sqlite3.Error as exc:
         raise RunDirError(f"cannot read {path / JOURNAL_FILE}: {exc}") from None
     finally:
-        _close(journal)
+        journal.close()
     configured = data.get("backends") or {}
     identities = data.get("backend_ids") or {}
     undelivered = data.get("undelivered") if data.get("status") != "running" else None
@@ -267,7 +280,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunSummary:
             retries=int(pos.get("retries", 0)), busy_s=float(pos.get("busy_s", 0.0)),
             undelivered_at_finish=(int(undelivered.get(name, 0)) if isinstance(undelivered, dict) else None),
             identity=dict(identities.get(name) or {}), options=dict(configured.get(name) or {}),
-            is_fallback=name == data.get("fallback"),
+            is_fallback=name == data.get("fallback"), awaiting_upload=_awaiting_upload(identities.get(name) or {}),
         )
     return RunSummary(
         dir=path, id=str(data["id"]), name=str(data.get("name") or data["id"]), project=data.get("project"),
@@ -276,6 +289,29 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunSummary:
         host=data.get("host"), pid=data.get("pid"), started=data.get("started"), finished=data.get("finished"),
         last_event=tail[0].time if tail else None, last_step=last_step, events=last, backends=backends, raw=data,
     )
+
+
+def _awaiting_upload(identity: Mapping[str, Any]) -> str | None:
+    """The folder of an offline copy not uploaded yet, else None.
+
+    A backend that logs offline says so in its identity (``mode: offline`` and
+    its ``dir``); its files are a queue for a later upload, not the final copy.
+    An upload leaves a ``*.synced`` marker next to them (``wandb sync`` writes
+    ``<run>.wandb.synced``), which ends the wait.
+    """
+    if identity.get("mode") != "offline" or not identity.get("dir"):
+        return None
+    folder = Path(str(identity["dir"]))
+    if not folder.is_dir() or _uploaded(identity):
+        return None
+    return str(folder)
+
+
+def _uploaded(identity: Mapping[str, Any]) -> bool:
+    """An offline copy whose upload finished: the data is on the server now."""
+    if identity.get("mode") != "offline" or not identity.get("dir"):
+        return False
+    return any(Path(str(identity["dir"])).glob("*.synced"))
 
 
 def load_runs(root: str | os.PathLike[str]) -> tuple[list[RunSummary], list[tuple[Path, str]]]:
@@ -332,7 +368,8 @@ def resolve_run(ref: str, root: str | os.PathLike[str]) -> Path:
 def local_copies(summary: RunSummary) -> dict[str, list[str]]:
     """Backends whose only copy of the data lives inside the run directory.
 
-    A backend that reports a web ``url`` keeps its data on a server. Otherwise
+    A backend that reports a web ``url`` keeps its data on a server, and so
+    does an offline copy that was uploaded (``*.synced`` marker). Otherwise
     every path in its identity (a TensorBoard ``log_dir``, a W&B offline
     ``dir``, a ``sqlite:///`` or ``file:`` MLflow store) that lies inside the run
     directory would be deleted with it. No backend is named: this reads only
@@ -340,7 +377,7 @@ def local_copies(summary: RunSummary) -> dict[str, list[str]]:
     """
     found: dict[str, list[str]] = {}
     for name, backend in summary.backends.items():
-        if backend.link is not None:
+        if backend.link is not None or _uploaded(backend.identity):
             continue
         for value in backend.identity.values():
             target = _as_local_path(str(value))
@@ -367,13 +404,21 @@ def _inside(path: Path, parent: Path) -> bool:
     return True
 
 
-def _close(journal: Journal) -> None:
-    # Read-only journals keep one SQLite connection per thread and have no close
-    # of their own; dropping it now lets `clean` remove the directory at once.
-    con = getattr(getattr(journal, "_local", None), "con", None)
-    if con is not None:
-        con.close()
-        journal._local.con = None  # noqa: SLF001
+def mask_url(url: str) -> str:
+    """``https://user:secret@host/x`` -> ``https://user:***@host/x``; anything else unchanged.
+
+    ``redact`` hides values under secret-looking keys; a password inside a URL
+    (a tracking URI, a proxy) needs this as well before it is printed.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password, port = parts.password, parts.port
+    except ValueError:
+        return url
+    if password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{port}" if port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 # --------------------------------------------------------------------------- #
@@ -402,7 +447,7 @@ def metric_points(run_dir: str | os.PathLike[str], keys: Iterable[str] | None = 
                 if wanted is None or key in wanted:
                     yield MetricPoint(record.seq, record.step, record.time, key, value)
     finally:
-        _close(journal)
+        journal.close()
 
 
 @dataclass(slots=True)
@@ -463,6 +508,19 @@ def _json_number(value: Any) -> Any:
     return value
 
 
+def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``, the way ``log_params`` stores keys
+    (``foundry_track.config.flatten``, without importing pydantic for it)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            flat.update(flat_config(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
 @dataclass(slots=True)
 class RunContents:
     """One pass over a run's events: what ``foundry-track show`` reports."""
@@ -491,5 +549,95 @@ def scan(run_dir: str | os.PathLike[str]) -> RunContents:
     except sqlite3.Error as exc:
         raise RunDirError(f"cannot read {Path(run_dir) / JOURNAL_FILE}: {exc}") from None
     finally:
-        _close(journal)
+        journal.close()
     return contents
+
+
+# --------------------------------------------------------------------------- #
+# What `clean` may remove
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True, slots=True)
+class CleanDecision:
+    run: RunSummary
+    remove: bool
+    reason: str
+
+
+def parse_age(text: str) -> float:
+    """``7d``, ``12h``, ``30m``, ``45s``, ``2w`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    value = text.strip().lower()
+    try:
+        if not value or value[-1] not in units:
+            raise ValueError
+        number = float(value[:-1])
+        if number < 0 or not math.isfinite(number):
+            raise ValueError
+    except ValueError:
+        raise RunDirError(f"--older-than {text!r}: expected a number and a unit, e.g. 7d, 12h, 30m, 45s or 2w") from None
+    return number * units[value[-1]]
+
+
+def plan_clean(runs: Sequence[RunSummary], *, synced_only: bool, force: bool, older_than: float | None,
+               now: float | None = None) -> list[CleanDecision]:
+    """Decide, per run, whether ``foundry-track clean`` removes its directory.
+
+    * A run a process may still be writing is never removed (on another host
+      we cannot tell: only ``--force`` removes it).
+    * A run with events some backend never acknowledged, an offline copy not
+      uploaded yet (W&B offline), or a crashed run never synced, is kept unless
+      ``--force`` (and always with ``--synced-only``).
+    * ``--synced-only`` also keeps runs where a backend's only copy is inside the
+      run directory (TensorBoard event files, W&B offline files): removing the
+      directory would remove that data.
+    """
+    now = time.time() if now is None else now
+    decisions: list[CleanDecision] = []
+    for run in runs:
+        decisions.append(_decide(run, synced_only=synced_only, force=force, older_than=older_than, now=now))
+    return decisions
+
+
+def _decide(run: RunSummary, *, synced_only: bool, force: bool, older_than: float | None, now: float) -> CleanDecision:
+    if run.state == "running":
+        return CleanDecision(run, False, f"live: process {run.pid} is writing it")
+    if run.state == "running?" and not force:
+        return CleanDecision(run, False, f"marked running by host {run.host}, which cannot be checked from here "
+                                         "(--force removes it)")
+    if older_than is not None:
+        activity = run.activity
+        if activity is None or now - activity < older_than:
+            return CleanDecision(run, False, f"newer than {_age(older_than)}")
+    offline = {name: b.awaiting_upload for name, b in run.backends.items() if b.awaiting_upload}
+    if run.pending or offline or run.state in ("crashed", "running?"):
+        problems = [f"{name}: {count:,} pending" for name, count in run.pending.items()]
+        problems += [f"{name}: offline files not uploaded yet ({folder})" for name, folder in offline.items()]
+        what = "; ".join(problems) or "crashed before finishing"
+        if force and not synced_only:
+            lost = sum(run.pending.values())
+            return CleanDecision(run, True, f"{what} (--force: {lost:,} undelivered events are lost)"
+                                 if lost else f"{what} (--force)")
+        first = [f"`foundry-track sync {run.dir}`"] if run.pending or run.state == "crashed" else []
+        first += [f"upload the offline files (W&B: `wandb sync {next(iter(offline.values()))}`)"] if offline else []
+        hint = " and ".join(first) + " first" + ("" if synced_only else ", or --force to drop them")
+        return CleanDecision(run, False, f"{what}; {hint}")
+    if synced_only:
+        local = local_copies(run)
+        if local:
+            names = ", ".join(sorted(local))
+            verb = "keeps its only copy" if len(local) == 1 else "keep their only copies"
+            return CleanDecision(run, False, f"{names} {verb} inside the run directory "
+                                             "(clean without --synced-only removes it)")
+        return CleanDecision(run, True, "every backend has every event, kept outside the run directory")
+    local = local_copies(run)
+    extra = f" (with it: {', '.join(sorted(local))} files inside the run directory)" if local else ""
+    return CleanDecision(run, True, "every backend has every event" + extra)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

@@ -193,13 +193,18 @@ class Journal:
             return seq
 
     def close(self) -> None:
-        """Stop the writer after a final flush."""
-        self._stop.set()
-        if self._writer is not None:
-            self._writer.join(timeout=30)
-            self._writer = None
-        else:
-            self.flush()
+        """Stop the writer after a final flush, and close this thread's connection."""
+        if not self.readonly:
+            self._stop.set()
+            if self._writer is not None:
+                self._writer.join(timeout=30)
+                self._writer = None
+            else:
+                self.flush()
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
 
     # -- reader side ------------------------------------------------------- #
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, Sequence
 
-from foundry_track.inspect import RunDirError, load_run, metric_series
+from foundry_track.inspect import MissingDependency, RunDirError, load_run, metric_series
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -31,10 +31,6 @@ XAxis = Literal["step", "time"]
 
 class PlotError(ValueError):
     """Bad input for a plot (unknown metric, no data); the message says what exists."""
-
-
-class MissingDependency(RuntimeError):
-    """An optional package is not installed; the message has the install command."""
 
 
 def _matplotlib() -> None:
@@ -137,7 +133,10 @@ def plot_runs(
         raise PlotError("give at least one run to plot")
     if not metrics:
         raise PlotError("give at least one --metric (e.g. --metric train/loss)")
-    paths = [Path(r) for r in runs]
+    if smooth < 0:
+        raise PlotError(f"--smooth {smooth}: give a number of points >= 0 (0 = no smoothing)")
+    metrics = list(dict.fromkeys(metrics))  # the same metric twice is one panel
+    paths = list(dict.fromkeys(Path(r).resolve() for r in runs))
     labels = _labels(paths)
     warnings: list[str] = []
     per_metric: dict[str, list[_Curve]] = {m: [] for m in metrics}
@@ -163,26 +162,24 @@ def plot_runs(
     dpi = 100
     fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, layout="constrained")
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-    colors = [f"C{i}" for i in range(10)]
+    # A run keeps its colour in every panel; in an overlay the metrics differ by line style.
+    colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    styles = ["-", "--", ":", "-."]
     for ax, panel in zip(axes, panels):
-        index = 0
-        for metric in panel:
+        for m_index, metric in enumerate(panel):
             for curve in per_metric[metric]:
-                color = colors[index % len(colors)]
-                index += 1
-                label = f"{curve.label} · {metric}" if overlay and len(panel) > 1 else curve.label
+                color, style = colors[curve.label], styles[m_index % len(styles)]
+                label = f"{curve.label} · {metric}" if len(panel) > 1 else curve.label
                 ys = [v if math.isfinite(v) else math.nan for v in curve.y]
                 if smooth > 1:
-                    ax.plot(curve.x, ys, color=color, alpha=0.25, linewidth=0.8, label=f"_raw {label}")
+                    ax.plot(curve.x, ys, color=color, linestyle=style, alpha=0.25, linewidth=0.8, label=f"_raw {label}")
                     ys = ema(ys, smooth) if smoothing == "ema" else moving_average(ys, smooth)
-                ax.plot(curve.x, ys, color=color, linewidth=1.4, label=label)
-        ax.set_ylabel(panel[0] if len(panel) == 1 else "value")
+                ax.plot(curve.x, ys, color=color, linestyle=style, linewidth=1.4, label=label)
+        ax.set_title(", ".join(panel), fontsize="medium")
         if log_y:
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize="small")
-        if len(panel) == 1 and not overlay:
-            ax.set_title(panel[0], fontsize="medium")
     axes[-1].set_xlabel("step" if x == "step" else "hours since the first value")
     note = f" (smoothed: {smoothing} over {smooth} points)" if smooth > 1 else ""
     fig.suptitle((title or f"{len(paths)} run{'s' if len(paths) != 1 else ''}") + note, fontsize="medium")

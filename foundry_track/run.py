@@ -454,7 +454,9 @@ def _process_alive(data: Mapping[str, Any]) -> bool:
         return False
     try:
         os.kill(int(data["pid"]), 0)
-    except (ProcessLookupError, PermissionError, ValueError):
+    except PermissionError:
+        return True  # it exists, it is just another user's
+    except (ProcessLookupError, ValueError):
         return False
     return True
 
