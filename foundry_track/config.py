@@ -106,8 +106,9 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | TrackingCon
 
     A YAML file or dict may hold the block itself or a top-level ``tracking:``
     key (the rest of an experiment config is then ignored). Environment
-    overrides are applied last: ``FOUNDRY_TRACK_BACKENDS``, ``FOUNDRY_TRACK_MODE``
-    and ``FOUNDRY_TRACK_DIR``.
+    overrides are applied last: ``FOUNDRY_TRACK_BACKENDS``, ``FOUNDRY_TRACK_MODE``,
+    ``FOUNDRY_TRACK_DIR``, ``FOUNDRY_TRACK_PROJECT``, ``FOUNDRY_TRACK_GROUP``,
+    ``FOUNDRY_TRACK_RUN_NAME`` and ``FOUNDRY_TRACK_TAGS`` (appended).
     """
     origin = "tracking"
     if source is None:
@@ -147,6 +148,15 @@ def _apply_env(cfg: TrackingConfig) -> TrackingConfig:
         cfg.mode = mode  # type: ignore[assignment]
     if os.environ.get("FOUNDRY_TRACK_DIR"):
         cfg.dir = Path(os.environ["FOUNDRY_TRACK_DIR"])
+    # Set by launchers (foundry-track sweep, schedulers) to place and group runs
+    # without editing the experiment's YAML.
+    for var, field in (("FOUNDRY_TRACK_PROJECT", "project"), ("FOUNDRY_TRACK_GROUP", "group"),
+                       ("FOUNDRY_TRACK_RUN_NAME", "run_name")):
+        if os.environ.get(var):
+            setattr(cfg, field, os.environ[var])
+    if os.environ.get("FOUNDRY_TRACK_TAGS"):
+        extra = [t.strip() for t in os.environ["FOUNDRY_TRACK_TAGS"].split(",") if t.strip()]
+        cfg.tags = [*cfg.tags, *(t for t in extra if t not in cfg.tags)]
     return cfg
 
 

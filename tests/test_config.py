@@ -88,3 +88,12 @@ def test_redact_and_flatten() -> None:
 def test_every_field_has_a_description() -> None:
     missing = [name for name, field in TrackingConfig.model_fields.items() if not field.description]
     assert missing == []
+
+
+def test_launcher_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FOUNDRY_TRACK_GROUP", "sweep-1")
+    monkeypatch.setenv("FOUNDRY_TRACK_RUN_NAME", "trial-3")
+    monkeypatch.setenv("FOUNDRY_TRACK_PROJECT", "p")
+    monkeypatch.setenv("FOUNDRY_TRACK_TAGS", "sweep, a")
+    cfg = load_config({"tags": ["a"], "run_name": "x"})
+    assert (cfg.group, cfg.run_name, cfg.project, cfg.tags) == ("sweep-1", "trial-3", "p", ["a", "sweep"])
