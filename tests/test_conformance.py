@@ -1,0 +1,307 @@
+"""The conformance kit (foundry_track.testing) against the built-in backends and
+the fault-injection recorder; broken backends reported with hook and case; and
+one test per hook, named after it, on the TensorBoard backend or the recorder
+(read back from their real output)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from tensorboard.plugins.hparams import api_pb2, metadata as hp_metadata, plugin_data_pb2
+
+import foundry_track as ft
+from foundry_track import hookspecs
+from foundry_track.media import digest_path, encode_png
+from foundry_track.plugins import discover, instantiate
+from foundry_track.testing import check_backend
+from tests.helpers.recorder import records
+from tests.helpers.tb import accumulator, scalars
+
+HOOKS = set(hookspecs.__all__)
+LOG_HOOKS = HOOKS - {"tracker_options_model", "tracker_unavailable"}
+
+
+def _text(acc: Any, tag: str) -> list[str]:
+    return [e.tensor_proto.string_val[0].decode() for e in acc.Tensors(tag)]
+
+
+def _tb(run: ft.Run) -> Any:
+    return accumulator(run.backend_ids["tensorboard"]["log_dir"])
+
+
+# --------------------------------------------------------------------------- #
+# The kit against real backends
+# --------------------------------------------------------------------------- #
+
+
+def test_tensorboard_passes_the_conformance_kit(tmp_path: Path) -> None:
+    report = check_backend("tensorboard", {}, tmp_path).assert_ok()
+    assert report.implemented == HOOKS
+    called = {r.hook for r in report.results}
+    assert LOG_HOOKS <= called  # every hook it implements was driven
+    assert {"foundry_track.init", "foundry_track.sync"} <= called  # and the end-to-end cases ran
+    for case in ("metrics: an empty batch", "metrics: unicode keys", "metrics: NaN and inf",
+                 "metrics: a 10,000-row batch", "metrics: out-of-order and repeated steps", "finish twice",
+                 "restart after a failed run: start with the saved identity"):
+        assert case in report.cases
+    # The 10,000 rows really reached the event file of the kit's run.
+    log_dir = next((report.dir / "run").rglob("events.out.tfevents.*")).parent
+    assert len([s for s, _ in scalars(log_dir)["train/loss"] if s >= 100]) == 10_000
+
+
+def test_recorder_passes_the_conformance_kit(tmp_path: Path, fault_plugins: Path) -> None:
+    out = tmp_path / "recorder.jsonl"
+    report = check_backend("recorder", {"out": str(out)}, tmp_path).assert_ok()
+    assert report.implemented == {"tracker_options_model", "tracker_start", "tracker_log_metrics",
+                                  "tracker_log_params", "tracker_finish"}
+    assert "tracker_log_image (not implemented)" in report.skipped
+    got = records(out)
+    starts = [r for r in got if r["hook"] == "start"]
+    assert [s["resumed"] for s in starts[:3]] == [False, True, True]  # new run, restart, sync
+    assert [r["status"] for r in got if r["hook"] == "finish"][:4] == ["success", "success", "failed", "killed"]
+    nan_row = next(r for r in got if r["hook"] == "metrics" and r["step"] == 2 and "train/ok" in r["values"])
+    assert math.isnan(nan_row["values"]["train/loss"])
+
+
+REMOTE = {
+    "wandb": lambda tmp: {},  # offline: conftest sets WANDB_MODE=offline
+    "mlflow": lambda tmp: {"tracking_uri": f"sqlite:///{tmp}/m.db"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(REMOTE))
+def test_remote_builtin_backend_passes_the_conformance_kit(name: str, tmp_path: Path) -> None:
+    info = discover().get(name)
+    if info is None or not info.available:
+        pytest.skip(f"the {name} backend is not available here: {info.problem if info else 'not installed'}")
+    report = check_backend(name, REMOTE[name](tmp_path), tmp_path).assert_ok()
+    assert LOG_HOOKS <= report.implemented
+    assert {"foundry_track.init", "foundry_track.sync"} <= {r.hook for r in report.results}
+
+
+# --------------------------------------------------------------------------- #
+# Broken backends are reported with the hook and the case
+# --------------------------------------------------------------------------- #
+
+
+class Sloppy:
+    """Raises on NaN/inf and on a second finish; gives a hook argument a default."""
+
+    def __init__(self) -> None:
+        self.finished = False
+
+    @ft.hookimpl
+    def tracker_start(self, run: Any, options: Any, resume_state: Any) -> dict[str, str]:
+        return {"where": str(run.dir)}
+
+    @ft.hookimpl
+    def tracker_log_metrics(self, rows: Any) -> None:
+        for row in rows:
+            if any(isinstance(v, float) and not math.isfinite(v) for v in row.values.values()):
+                raise ValueError("cannot store non-finite values")
+
+    @ft.hookimpl
+    def tracker_log_text(self, text: Any = None) -> None:
+        pass
+
+    @ft.hookimpl
+    def tracker_finish(self, status: Any) -> None:
+        if self.finished:
+            raise RuntimeError("run already finished")
+        self.finished = True
+
+
+def test_a_broken_backend_is_reported_with_hook_and_case(tmp_path: Path) -> None:
+    report = check_backend(Sloppy, {}, tmp_path)
+    assert not report.ok
+    nan = report.problems_with(hook="tracker_log_metrics")
+    assert [p.case for p in nan] == ["metrics: NaN and inf"]
+    assert "ValueError: cannot store non-finite values" in nan[0].message
+    assert "must not raise" in nan[0].message and "cannot store non-finite" in nan[0].details
+    assert [p.case for p in report.problems_with(hook="tracker_finish")] == ["finish twice"]
+    defaults = report.problems_with(hook="tracker_log_text", case="contract")
+    assert defaults and "defaults (text)" in defaults[0].message
+    assert "end to end (a run selects backends by entry-point name: pass the name)" in report.skipped
+    with pytest.raises(AssertionError) as raised:
+        report.assert_ok()
+    assert "[metrics: NaN and inf] tracker_log_metrics: raised ValueError" in str(raised.value)
+    assert "[finish twice] tracker_finish: raised RuntimeError" in str(raised.value)
+
+
+def test_a_hook_that_never_returns_is_reported(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    class Hangs:
+        @ft.hookimpl
+        def tracker_log_text(self, text: Any) -> None:
+            release.wait(30)
+
+    try:
+        report = check_backend(Hangs, {}, tmp_path, hook_timeout=0.3)
+    finally:
+        release.set()
+    (problem,) = report.problems
+    assert (problem.case, problem.hook) == ("text: markdown and unicode", "tracker_log_text")
+    assert "did not return within 0.3 s" in problem.message
+    assert "restart after a failed run: start with the saved identity" not in report.cases  # instance abandoned
+
+
+def test_a_named_backend_failing_end_to_end_names_the_hook(tmp_path: Path, fault_plugins: Path) -> None:
+    flag = tmp_path / "flag"
+    flag.touch()
+    report = check_backend("raising", {"out": str(tmp_path / "o.jsonl"), "fault_flag": str(flag)}, tmp_path)
+    (e2e,) = report.problems_with(case="end to end")
+    assert e2e.hook == "tracker_log_params" and "RuntimeError: injected failure" in e2e.message
+    assert {p.hook for p in report.problems} == {"tracker_log_params", "tracker_log_metrics"}
+
+
+def test_an_unavailable_backend_is_reported(tmp_path: Path) -> None:
+    class NoSdk:
+        @ft.hookimpl
+        def tracker_unavailable(self) -> str | None:
+            return "the 'nosdk' package is missing"
+
+    report = check_backend(NoSdk, {}, tmp_path)
+    (problem,) = report.problems
+    assert problem.hook == "tracker_unavailable" and "cannot run here: the 'nosdk' package is missing" in problem.message
+    assert any("pip install" in advice for advice in report.advice)
+    assert report.results == []
+
+
+# --------------------------------------------------------------------------- #
+# One test per hook, named after it
+# --------------------------------------------------------------------------- #
+
+
+def test_tracker_options_model_validates_tensorboard_options(tmp_path: Path) -> None:
+    with pytest.raises(ft.ConfigError, match=r"unknown key 'tracking\.backends\.tensorboard\.flush_sec'; "
+                                             r"did you mean 'flush_secs'\?"):
+        ft.init({"dir": str(tmp_path), "backends": {"tensorboard": {"flush_sec": 1}}})
+    with pytest.raises(ft.ConfigError, match=r"tracking\.backends\.tensorboard\.flush_secs: .*greater than 0"):
+        ft.init({"dir": str(tmp_path), "backends": {"tensorboard": {"flush_secs": 0}}})
+    assert not list(tmp_path.iterdir())  # rejected before anything was created
+
+
+SDK_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def test_tracker_unavailable_of_every_builtin_names_its_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    builtins = {n: i for n, i in discover().items() if i.distribution == "foundry-track"}
+    assert "tensorboard" in builtins
+    for name, info in builtins.items():
+        assert instantiate(info).tracker_unavailable() is None  # installed here
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda mod, *a: None if mod in SDK_MODULES.values() else real(mod, *a))
+    for name, info in builtins.items():
+        reason = instantiate(info).tracker_unavailable()
+        assert reason is not None and f"pip install 'foundry-track[{name}]'" in reason, (name, reason)
+
+
+def test_tracker_start_identity_is_saved_and_given_back_on_resume(tmp_path: Path) -> None:
+    config = {"dir": str(tmp_path), "backends": {"tensorboard": {"log_dir": str(tmp_path / "tb")}}, "strict": True}
+    with ft.init(config, run_name="ident") as run:
+        run.log({"loss": 1.0}, step=0)
+    log_dir = run.backend_ids["tensorboard"]["log_dir"]
+    assert Path(log_dir) == (tmp_path / "tb" / f"ident-{run.id}").resolve()
+    assert json.loads((run.dir / "run.json").read_text())["backend_ids"]["tensorboard"] == {"log_dir": log_dir}
+    with ft.init(config, resume=run.dir) as resumed:
+        resumed.log({"loss": 0.5})
+    assert resumed.backend_ids["tensorboard"]["log_dir"] == log_dir
+    assert len(list(Path(log_dir).glob("events.out.tfevents.*"))) == 2
+    assert scalars(log_dir)["loss"] == [(0, 1.0), (1, 0.5)]
+
+
+def test_tracker_log_metrics_keeps_nan_unicode_and_out_of_order_steps(tmp_path: Path) -> None:
+    with ft.init({"dir": str(tmp_path)}, strict=True) as run:
+        for step in range(5):
+            run.log({"train/loss": 1.0 / (step + 1), "pérdida/ñ": float(step)}, step=step)
+        run.log({"train/loss": math.nan}, step=5)
+        run.log({"train/loss": 0.9}, step=2)  # lower than a step already logged
+    got = scalars(run.backend_ids["tensorboard"]["log_dir"])
+    assert [s for s, _ in got["train/loss"]] == [0, 1, 2, 3, 4, 5, 2]
+    assert math.isnan(got["train/loss"][5][1]) and got["train/loss"][6] == (2, pytest.approx(0.9))
+    assert got["pérdida/ñ"] == [(s, float(s)) for s in range(5)]
+
+
+def test_tracker_log_params_arrive_flat_and_redacted(tmp_path: Path, fault_plugins: Path) -> None:
+    out = tmp_path / "rec.jsonl"
+    with ft.init({"dir": str(tmp_path), "fallback": None, "backends": {"recorder": {"out": str(out)}}}) as run:
+        run.log_params({"lr": 0.001, "model": {"layers": 4}, "wandb_api_key": "abc123", "amp": True})
+    (params,) = [r["params"] for r in records(out) if r["hook"] == "params"]
+    assert params == {"lr": 0.001, "model/layers": 4, "wandb_api_key": "***", "amp": True}
+    assert "abc123" not in out.read_text() and "abc123" not in (run.dir / "journal.db").read_bytes().decode("latin-1")
+
+
+def test_tracker_log_image_reaches_tensorboard(tmp_path: Path) -> None:
+    pixels = (np.arange(4 * 5 * 3) % 256).astype(np.uint8).reshape(4, 5, 3)
+    with ft.init({"dir": str(tmp_path)}, strict=True) as run:
+        run.log_image("samples/ñ", pixels, step=3, caption="a caption")
+    image = _tb(run).Images("samples/ñ")[0]
+    assert (image.step, image.width, image.height) == (3, 5, 4)
+    assert image.encoded_image_string == encode_png(pixels)
+
+
+def test_tracker_log_histogram_reaches_tensorboard(tmp_path: Path) -> None:
+    with ft.init({"dir": str(tmp_path)}, strict=True) as run:
+        run.log_histogram("weights/w", np.array([0.0, 1.0, 1.0, 2.0, math.nan]), step=4, bins=4)
+    histo = _tb(run).Histograms("weights/w")[0]
+    value = histo.histogram_value
+    assert histo.step == 4 and (value.num, value.min, value.max, value.sum) == (4, 0.0, 2.0, 4.0)
+    assert sum(value.bucket) == 4  # the NaN is left out, not an error
+
+
+def test_tracker_log_table_reaches_tensorboard_as_markdown(tmp_path: Path) -> None:
+    with ft.init({"dir": str(tmp_path)}, strict=True) as run:
+        run.log_table("eval/preds", ["id", "text"], [[1, "hola"], [2, "日本語"]], step=2)
+    assert _text(_tb(run), "eval/preds") == ["| id | text |\n|---|---|\n| 1 | hola |\n| 2 | 日本語 |"]
+
+
+def test_tracker_log_text_reaches_tensorboard(tmp_path: Path) -> None:
+    with ft.init({"dir": str(tmp_path)}, strict=True) as run:
+        run.log_text("notes/summary", "# Résumé\n*down* 📉", step=1)
+    assert _text(_tb(run), "notes/summary") == ["# Résumé\n*down* 📉"]
+
+
+def test_tracker_log_artifact_is_noted_in_tensorboard_with_its_digest(tmp_path: Path) -> None:
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(bytes(range(256)))
+    with ft.init({"dir": str(tmp_path / "runs")}, strict=True) as run:
+        run.log_artifact(weights, type="model", name="weights", description="after step 1")
+    (note,) = _text(_tb(run), "artifacts/weights")
+    assert note == (f"**model** `weights` at `{weights.resolve()}` (sha256 {digest_path(weights)}): after step 1")
+
+
+def test_tracker_alert_is_noted_in_tensorboard(tmp_path: Path) -> None:
+    with ft.init({"dir": str(tmp_path)}, strict=True) as run:
+        run.alert("Diverged", "loss is NaN at step 7", level="error")
+    assert _text(_tb(run), "alerts") == ["**ERROR: Diverged**\n\nloss is NaN at step 7"]
+
+
+def test_tracker_finish_closes_the_hparams_session_with_the_status(tmp_path: Path) -> None:
+    run = ft.init({"dir": str(tmp_path)}, strict=True)
+    run.log_params({"lr": 0.1})
+    run.log({"loss": 1.0}, step=0)
+    assert run.finish("failed") == {}
+    assert run.finish("failed") == {}  # twice is harmless
+    content = _tb(run).PluginTagToContent(hp_metadata.PLUGIN_NAME)
+    end = plugin_data_pb2.HParamsPluginData.FromString(content[hp_metadata.SESSION_END_INFO_TAG])
+    assert end.session_end_info.status == api_pb2.Status.STATUS_FAILURE
+    assert json.loads((run.dir / "run.json").read_text())["status"] == "failed"
+
+
+def test_the_kit_imports_no_tracker_sdk_torch_or_numpy() -> None:
+    code = ("import sys, foundry_track.testing; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('wandb', 'mlflow', 'tensorboard', 'torch', 'numpy')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

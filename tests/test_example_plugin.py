@@ -1,0 +1,151 @@
+"""The example third-party distribution, docs/examples/foundry-track-jsonl,
+installed with pip as a real distribution (into a throwaway folder, never the
+virtualenv): listed by `foundry-track backends`, selected from a YAML file,
+receives every event of a short run, passes the conformance kit, and its own
+tests pass."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+import foundry_track as ft
+from foundry_track.media import digest_path
+from foundry_track.plugins import discover
+from foundry_track.testing import check_backend
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "foundry-track-jsonl"
+
+
+@pytest.fixture(scope="module")
+def jsonl_dist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(site folder it was installed into, the copy of its source). The source is
+    copied first so the build leaves nothing behind in docs/."""
+    root = tmp_path_factory.mktemp("jsonl-dist")
+    source, site = root / "src", root / "site"
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build",
+                                                                   ".pytest_cache"))
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+         "--disable-pip-version-check", "--quiet", "--target", str(site), str(source)],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (site / "foundry_track_jsonl-0.1.0.dist-info" / "entry_points.txt").is_file()
+    return site, source
+
+
+@pytest.fixture
+def jsonl_installed(jsonl_dist: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    site, _ = jsonl_dist
+    monkeypatch.delitem(sys.modules, "foundry_track_jsonl", raising=False)  # never a copy imported elsewhere
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    discover(refresh=True)
+    yield site
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_not_installed_means_not_found(tmp_path: Path) -> None:
+    assert "jsonl" not in discover()
+    with pytest.raises(ft.ConfigError, match="unknown backend 'jsonl'"):
+        ft.init({"dir": str(tmp_path), "backends": {"jsonl": {}}})
+
+
+def test_foundry_track_backends_lists_the_distribution(jsonl_installed: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "foundry_track.cli", "backends", "--json"],
+                            capture_output=True, text=True, timeout=60)
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    expected = {"name": "jsonl", "distribution": "foundry-track-jsonl", "version": "0.1.0",
+                "entry_point": "foundry_track_jsonl:JsonlBackend", "available": True, "problem": None}
+    assert {key: rows["jsonl"].get(key) for key in expected} == expected
+    table = subprocess.run([sys.executable, "-m", "foundry_track.cli", "backends"],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert any(line.split()[:3] == ["jsonl", "foundry-track-jsonl", "0.1.0"] for line in table.splitlines())
+
+
+def test_selected_from_yaml_it_receives_every_event(jsonl_installed: Path, tmp_path: Path) -> None:
+    out = tmp_path / "logs" / "events.jsonl"
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"""
+experiment_name: demo          # the rest of an experiment config is ignored
+tracking:
+  project: jsonl-demo
+  run_name: every-kind
+  tags: [example, ünïcode]
+  dir: {tmp_path / "runs"}
+  strict: true
+  fallback: null
+  backends:
+    jsonl:
+      path: {out}
+""")
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "weights.bin").write_bytes(b"\x00\x01" * 64)
+    pixels = (np.arange(4 * 6 * 3) % 256).astype(np.uint8).reshape(4, 6, 3)
+    with ft.init(config, params={"lr": 0.001, "wandb_api_key": "secret"}) as run:
+        run.log_params({"model": {"layers": 2}})
+        for step in range(5):
+            run.log({"train/loss": 1.0 / (step + 1), "pérdida": float(step)}, step=step)
+        run.log({"train/loss": math.nan}, step=5)
+        run.log_image("samples/img", pixels, step=5, caption="pixels")
+        run.log_histogram("weights/w", np.arange(100.0), step=5)
+        run.log_table("eval/preds", ["id", "text"], [[1, "hola"], [2, "日本語"]], step=5)
+        run.log_text("notes", "# done", step=5)
+        run.log_artifact(checkpoint, type="model", name="checkpoint", description="step 5")
+        run.alert("Finished", "all steps done", level="info")
+    assert run.backend_ids == {"jsonl": {"path": str(out.resolve())}}
+
+    lines = _read(out)
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for line in lines:
+        by_kind.setdefault(line["event"], []).append(line)
+    assert set(by_kind) == {"start", "metrics", "params", "image", "histogram", "table", "text", "artifact",
+                            "alert", "finish"}
+    start = by_kind["start"][0]
+    assert (start["name"], start["project"], start["tags"]) == ("every-kind", "jsonl-demo", ["example", "ünïcode"])
+    assert start["config"] == {"lr": 0.001, "wandb_api_key": "***"}
+    assert [p["params"] for p in by_kind["params"]] == [{"lr": 0.001, "wandb_api_key": "***"},
+                                                         {"model/layers": 2}]
+    assert [m["step"] for m in by_kind["metrics"]] == [0, 1, 2, 3, 4, 5]
+    assert by_kind["metrics"][1]["values"] == {"train/loss": 0.5, "pérdida": 1.0}
+    assert by_kind["metrics"][5]["values"] == {"train/loss": "NaN"}
+    (image,) = by_kind["image"]
+    assert (image["key"], image["width"], image["height"], image["caption"]) == ("samples/img", 6, 4, "pixels")
+    assert Path(image["path"]).read_bytes().startswith(b"\x89PNG")
+    (histogram,) = by_kind["histogram"]
+    assert (histogram["num"], histogram["min"], histogram["max"]) == (100, 0.0, 99.0)
+    assert by_kind["table"][0]["rows"] == [[1, "hola"], [2, "日本語"]]
+    assert by_kind["text"][0]["text"] == "# done"
+    (artifact,) = by_kind["artifact"]
+    assert (artifact["name"], artifact["type"], artifact["digest"]) == ("checkpoint", "model", digest_path(checkpoint))
+    assert by_kind["alert"][0]["level"] == "info" and by_kind["finish"] == [{"event": "finish", "status": "success"}]
+    assert "secret" not in out.read_text()
+
+
+def test_it_passes_the_conformance_kit(jsonl_installed: Path, tmp_path: Path) -> None:
+    report = check_backend("jsonl", {}, tmp_path).assert_ok()
+    assert report.implemented >= {"tracker_start", "tracker_log_metrics", "tracker_finish", "tracker_alert"}
+    assert "foundry_track.sync" in {r.hook for r in report.results}
+
+
+def test_its_own_tests_pass(jsonl_dist: tuple[Path, Path], jsonl_installed: Path) -> None:
+    site, source = jsonl_dist
+    env = {**os.environ, "PYTHONPATH": str(site), "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+                            cwd=source, capture_output=True, text=True, timeout=180, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "3 passed" in result.stdout
