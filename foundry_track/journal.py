@@ -30,6 +30,7 @@ from typing import Any, Final, Iterator, NamedTuple
 __all__ = ["Journal", "Record", "JOURNAL_FILE"]
 
 JOURNAL_FILE: Final = "journal.db"
+_BUSY_QUEUE: Final = 2000  # queued events above which the writer stops sleeping
 _TAIL_RECORDS: Final = 8192  # ~ a few MB of recent events kept for fast readers
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS events (
@@ -77,10 +78,19 @@ def _number(value: Any) -> float | int:
     return value if isinstance(value, int) else float(value)
 
 
+_STRICT_JSON: Final = json.JSONEncoder(separators=(",", ":"))
+_LENIENT_JSON: Final = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def _encode(kind: str, data: Any) -> tuple[Any, str]:
     if kind == "metrics":
-        data = {k: _number(v) for k, v in data.items()}
-    return data, json.dumps(data, separators=(",", ":"), default=str)
+        try:
+            # Run.log already turned everything but GPU tensors into numbers.
+            return data, _STRICT_JSON.encode(data)
+        except TypeError:
+            data = {k: _number(v) for k, v in data.items()}
+            return data, _STRICT_JSON.encode(data)
+    return data, _LENIENT_JSON.encode(data)
 
 
 def _decode_json(text: str) -> Any:
@@ -144,7 +154,10 @@ class Journal:
             self._writer.start()
 
     def _write_loop(self) -> None:
-        while not self._stop.wait(self.flush_interval):
+        # Sleep between commits only while the queue is short: when the loop
+        # logs faster than one commit per interval drains, commit back to back,
+        # which keeps the queue (the only unbounded memory) as short as it can be.
+        while not self._stop.wait(self.flush_interval if len(self._pending) < _BUSY_QUEUE else 0):
             self.flush()
         self.flush()
 
@@ -217,6 +230,11 @@ class Journal:
         row = self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
         self._last_seq = max(self._last_seq, row[0])
         return self._last_seq
+
+    def wake(self) -> None:
+        """Wake every reader waiting in :meth:`wait_for` (the run is closing)."""
+        with self._committed:
+            self._committed.notify_all()
 
     def wait_for(self, after_seq: int, timeout: float) -> bool:
         """Block until a record with seq > ``after_seq`` is committed, or timeout."""

@@ -1,0 +1,72 @@
+"""The benchmark scripts run end to end, with tiny sizes.
+
+No timing is asserted (the figures belong in docs/performance.md, measured on
+a quiet machine); what is asserted is what the scripts check themselves: every
+backend got every step back from its own storage, the stalled backend's steps
+arrive exactly once after ``sync``, and ``--write-docs`` writes its block and
+plot (into a temporary docs folder, never the real page). MLflow parts use the
+session's real ``mlflow server`` (``--mlflow-uri``) instead of starting one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_script(name: str, *args: str, docs: Path | None = None, timeout: float = 120) -> str:
+    env = dict(os.environ)
+    if docs is not None:
+        env["FOUNDRY_TRACK_BENCH_DOCS"] = str(docs)
+    done = subprocess.run([sys.executable, str(BENCH / name), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    assert done.returncode == 0, f"{name} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout
+
+
+def test_peers_runs_and_every_backend_gets_every_step(mlflow_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    missing = [m for m in ("pytorch_lightning", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"peers not installed ({', '.join(missing)}): pip install 'foundry-track[bench]'")
+    docs = tmp_path / "docs"
+    out = run_script("peers.py", "--steps", "12", "--step-ms", "1", "--hot-steps", "50",
+                     "--mlflow-uri", mlflow_server.uri, "--write-docs", docs=docs)
+    for case in ("direct SDK calls", "Lightning loggers", "Accelerate trackers", "MLflow synchronous=False",
+                 "foundry-track"):
+        assert case in out
+    assert "every backend received every step in every case" in out, out
+    page = (docs / "performance.md").read_text()
+    assert "<!-- BEGIN peers" in page and "<!-- END peers -->" in page
+    assert "| **foundry-track** | W&B+TB+MLflow |" in page
+    assert (docs / "img" / "peers.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_drain_runs_and_loses_nothing(mlflow_server) -> None:  # type: ignore[no-untyped-def]
+    out = run_script("drain.py", "--steps", "300", "--server-batches", "2", "--mlflow-uri", mlflow_server.uri)
+    for backend in ("TensorBoard", "MLflow (HTTP, log_batch)", "W&B (offline)"):
+        assert backend in out
+    assert "nothing lost" in out, out
+    assert "journal write rate" in out
+
+
+def test_memory_runs_and_sync_delivers_each_step_once(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    out = run_script("memory.py", "--steps", "3000", "--rates", "0", "--write-docs", docs=docs)
+    assert "every step exactly once" in out and "nothing lost: yes" in out, out
+    assert "3,001 in" in out  # steps delivered by sync: 3,000 logged + the warm-up step
+    assert "<!-- BEGIN memory" in (docs / "performance.md").read_text()
+
+
+def test_import_time_runs(mlflow_server) -> None:  # type: ignore[no-untyped-def]
+    out = run_script("import_time.py", "--repeat", "1", "--init-repeat", "1", "--backends", "tensorboard,mlflow",
+                     "--skip-sdk", "--mlflow-uri", mlflow_server.uri)
+    assert "import foundry_track" in out
+    for backend in ("TensorBoard", "MLflow (HTTP)"):
+        assert backend in out
