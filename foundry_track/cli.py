@@ -465,6 +465,53 @@ def _cmd_clean(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- #
+# sweep
+# --------------------------------------------------------------------------- #
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from foundry_track.sweep import run_sweep
+
+    def progress(line: str) -> None:  # stderr: stdout stays the summary (or pure JSON)
+        print(line, file=sys.stderr, flush=True)
+
+    result = run_sweep(args.sweep, resume=args.resume, count=args.count, workers=args.workers,
+                       root=args.dir or _default_dir(), config=args.config, seed=args.seed, out=progress)
+    if args.json:
+        _dump(result.to_json())
+    else:
+        names = list(dict.fromkeys(k for t in result.trials for k in t.params))
+        metric = result.metric or "metric"
+        rows = [[str(t.number), t.state, _value(t.metric), _value(t.best), _duration(t.duration),
+                 *(_value(t.params.get(k)) for k in names)] for t in result.trials]
+        print()
+        _print_table(["trial", "state", metric, "best", "time", *names], rows,
+                     title=f"sweep {result.id}: {result.method}, {len(result.trials)} trial(s) in "
+                           f"{_duration(result.wall_s)}")
+        best = result.best
+        if best is not None:
+            shown = " ".join(f"{k}={_value(v)}" for k, v in best.params.items())
+            print(f"\nbest: trial {best.number}, {metric}={_value(best.metric)}: {shown}")
+            if best.run_dir:
+                print(f"      run: {_short(Path(best.run_dir))}")
+        elif result.metric:
+            print(f"\nno trial finished with a value of {metric}")
+        if result.plot is not None:
+            print(f"plot: {_short(result.plot)}")
+        elif result.plot_note:
+            print(result.plot_note)
+        if result.log_dir is not None:
+            print(f"TensorBoard: tensorboard --logdir {_short(result.log_dir)}")
+        if result.target_reached:
+            print("the metric's target was reached: no more trials started")
+        if result.remaining:
+            print(f"{result.remaining} trial(s) left: foundry-track sweep --resume {_short(result.dir)}")
+    if result.interrupted:
+        return 130
+    return 1 if result.trials and all(t.state == "failed" for t in result.trials) else 0
+
+
+# --------------------------------------------------------------------------- #
 # The parser
 # --------------------------------------------------------------------------- #
 
@@ -611,6 +658,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="also remove runs with undelivered events (lost)")
     p.add_argument("--dry-run", action="store_true", help="show what would be removed; remove nothing")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = _sub(sub, "sweep", "run a W&B sweep file (grid, random, bayes) without a W&B server",
+             "Run the program of a W&B sweep file once per trial, as `wandb agent` does (python PROGRAM "
+             "--name=value ...; a module name runs with python -m), each trial a tracked run of its own: "
+             "FOUNDRY_TRACK_GROUP is the sweep id (W&B group, MLflow parent run, TensorBoard subfolder), "
+             "the runs are under SWEEP_DIR/runs. grid and random need nothing more; bayes (TPE) and "
+             "early_terminate: hyperband need Optuna: pip install 'foundry-track[sweep]'. A trial's result is "
+             "the last value of the sweep's metric it logged. A trial that fails is recorded and the sweep "
+             "goes on. Ctrl-C stops the running trials; --resume SWEEP_DIR runs only the trials left. At the "
+             "end: the best trial, a table of all trials, and SWEEP_DIR/sweep.png. Exit 0: done; 1: every "
+             "trial failed; 2: bad sweep file or options; 130: interrupted.",
+             "examples:\n"
+             "  foundry-track sweep configs/sweep_config.yaml --config configs/quickstart.yaml --count 20 --workers 2\n"
+             "  foundry-track sweep --resume runs/sweep-ab12cd34\n"
+             "  foundry-track sweep grid.yaml --json > summary.json",
+             _cmd_sweep)
+    p.add_argument("sweep", nargs="?", metavar="SWEEP.yaml", help="the sweep file (W&B's format)")
+    p.add_argument("--count", type=int, metavar="N",
+                   help="trials in all (default: every grid point, or run_cap; required for random and bayes; "
+                   "with --resume: a new total)")
+    p.add_argument("--workers", type=int, default=1, metavar="K", help="trials run at a time (default 1)")
+    p.add_argument("--config", metavar="CONFIG", help="experiment config each trial starts from: "
+                   "model_foundry.cli gets `train CONFIG`, another program CONFIG as its first argument "
+                   "(or ${config} in the sweep's command)")
+    p.add_argument("--dir", metavar="DIR", help="folder the sweep directory is made in "
+                   "(default: $FOUNDRY_TRACK_DIR or ./runs)")
+    p.add_argument("--resume", metavar="SWEEP_DIR", help="finish an interrupted sweep: run only the trials left")
+    p.add_argument("--seed", type=int, metavar="N", help="seed of random and bayes (default: a random one, kept)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
 
 

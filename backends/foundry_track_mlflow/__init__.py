@@ -31,6 +31,15 @@ Network behaviour
     server cannot be reached the core switches on the fallback backend and
     ``foundry-track sync`` delivers later.
 
+Groups as parent runs
+    With ``parent_run_per_group`` (on by default for the trials of
+    ``foundry-track sweep``, which sets ``FOUNDRY_TRACK_SWEEP`` to the group),
+    the runs of one ``group`` are nested under one parent MLflow run named
+    after the group, as MLflow's UI shows a sweep: the parent is found by its
+    ``foundry_track.sweep`` tag or created by the first run, and each child
+    gets ``mlflow.parentRunId``. A child's finish marks the parent FINISHED
+    (its end time is the last child's).
+
 Exactly once
     Metric points carry the journal's timestamp, so a retried ``log_batch``
     resends identical ``(key, step, timestamp, value)`` rows, which MLflow's
@@ -102,6 +111,9 @@ ARTIFACT_TAG: Final = "foundry_track.artifact/"  # + type/name: digest of the up
 LAST_ALERT_TAG: Final = "foundry_track.last_alert"
 LOGGED_ARTIFACTS_TAG: Final = "mlflow.loggedArtifacts"  # lets MLflow's UI list the tables
 NOTE_TAG: Final = "mlflow.note.content"
+PARENT_RUN_TAG: Final = "mlflow.parentRunId"  # MLflow's own nesting
+GROUP_PARENT_TAG: Final = "foundry_track.sweep"  # on the parent run of a group: the group's name
+SWEEP_ENV: Final = "FOUNDRY_TRACK_SWEEP"  # set by `foundry-track sweep` for its trials: the group
 
 _STATUS: Final = {"success": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 # MLflow's name rule (validate_param_and_metric_name); ':' is refused on Windows servers.
@@ -131,6 +143,13 @@ class MlflowOptions(BaseModel):
         description="Artifact root of the experiment when this backend creates it (ignored for an existing "
         "experiment). Default: the server's `--default-artifact-root`.",
         examples=["s3://bucket/mlflow"],
+    )
+    parent_run_per_group: bool | None = Field(
+        None,
+        description="Nest the runs of one `group` under a parent MLflow run named after the group (tag "
+        "`foundry_track.sweep`). Default: on for `foundry-track sweep` trials (`FOUNDRY_TRACK_SWEEP` names "
+        "the group), off otherwise.",
+        examples=[True],
     )
 
 
@@ -290,6 +309,7 @@ class MlflowBackend:
         self._tags: dict[str, str] = {}
         self._names: dict[str, str] = {}  # user key -> MLflow name (cache, and warn once per key)
         self._json_lens: dict[str, int] = {}
+        self._parent_id: str | None = None  # the group's parent run (parent_run_per_group)
 
     # -- discovery --------------------------------------------------------- #
 
@@ -322,13 +342,18 @@ class MlflowBackend:
             if found is None:
                 experiment_id, created = self._experiment_id(experiment_name, options.artifact_location)
                 found = None if created else self._tagged_run(run, experiment_id)
+            nest = bool(run.group) and (options.parent_run_per_group if options.parent_run_per_group is not None
+                                        else os.environ.get(SWEEP_ENV) == run.group)
             if found is None:
                 tags = {**self._label_tags(run), **self._source_tags()}
+                if nest:
+                    tags[PARENT_RUN_TAG] = self._group_parent(run, experiment_id)
                 new = self._client.create_run(experiment_id, run_name=run.name, tags=tags)
                 self.run_id, self._tags = new.info.run_id, dict(new.data.tags)
             else:
                 self._reopen(found, run)
                 experiment_id = found.info.experiment_id
+            self._parent_id = self._tags.get(PARENT_RUN_TAG) if nest else None
         identity = {"run_id": self.run_id or "", "experiment_id": experiment_id, "tracking_uri": masked_uri(uri)}
         if uri.startswith(("http://", "https://")):
             identity["url"] = f"{masked_uri(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{self.run_id}"
@@ -378,6 +403,29 @@ class MlflowBackend:
         runs = self._client.search_runs([experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{quoted}'",
                                         max_results=1, order_by=["attributes.start_time DESC"])
         return runs[0] if runs else None
+
+    def _group_parent(self, run: RunInfo, experiment_id: str) -> str:
+        """The id of the group's parent run, created if there is none yet.
+
+        Two runs starting at once could each create one: after creating, the
+        earliest parent wins and a later duplicate is deleted, so every child
+        of the group ends up under the same parent.
+        """
+        def earliest() -> Any:
+            quoted = str(run.group).replace("\\", "\\\\").replace("'", "\\'")
+            found = self._client.search_runs([experiment_id], filter_string=f"tags.`{GROUP_PARENT_TAG}` = '{quoted}'",
+                                             max_results=1, order_by=["attributes.start_time ASC"])
+            return found[0].info.run_id if found else None
+
+        parent = earliest()
+        if parent is None:
+            group = str(run.group)[:MAX_TAG_VAL_LENGTH]
+            tags = {GROUP_PARENT_TAG: group, GROUP_TAG: group, **self._source_tags()}
+            mine = self._client.create_run(experiment_id, run_name=str(run.group), tags=tags).info.run_id
+            parent = earliest() or mine
+            if parent != mine:
+                self._client.delete_run(mine)
+        return str(parent)
 
     def _experiment_id(self, name: str, artifact_location: str | None) -> tuple[str, bool]:
         """The experiment's id, created if missing; and whether this call created it."""
@@ -612,6 +660,8 @@ class MlflowBackend:
         with self._errors("finish"):
             # Setting the same terminal status twice is harmless (sync may call again).
             self._client.set_terminated(self.run_id, status=_STATUS.get(status, "FAILED"))
+            if self._parent_id:  # the group's parent ends with its latest child
+                self._client.set_terminated(self._parent_id, status="FINISHED")
 
     # -- errors ------------------------------------------------------------ #
 
