@@ -1,0 +1,117 @@
+"""ExperimentConfig: the guide's fields, one-line errors, and where tracking settings come from."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from foundry_track import TrackingConfig
+from model_foundry.config import ConfigError, ExperimentConfig, LoggingConfig, load_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+GUIDE_LOGGING_FIELDS = [
+    "console_level", "file_level", "dir", "use_wandb", "wandb_project", "wandb_entity", "use_structured_logging",
+    "log_metrics_every_n_steps", "log_detailed_metrics_every_n_steps", "profile_performance",
+    "log_memory_every_n_steps", "max_log_files",
+]
+
+
+def test_logging_config_has_exactly_the_guides_fields_each_described() -> None:
+    assert list(LoggingConfig.model_fields) == GUIDE_LOGGING_FIELDS
+    for name, field in LoggingConfig.model_fields.items():
+        assert field.description and len(field.description) > 15, name
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml") if p.name != "sweep_config.yaml"))
+def test_shipped_configs_validate(name: str) -> None:
+    config = load_experiment(REPO / "configs" / name)
+    assert config.experiment_name
+    config.tracking_config()  # and the tracking block they produce is valid
+
+
+@pytest.mark.parametrize(
+    ("section", "raw", "expected"),
+    [
+        ("logging", {"use_wandbb": True}, "logging.use_wandbb: unknown key; did you mean 'use_wandb'?"),
+        ("training", {"lr": "fast"}, "training.lr: "),
+        ("model", {"layers": "six"}, "model.layers: "),
+        ("tracking", {"projct": "x"}, "tracking.projct: unknown key; did you mean 'project'?"),
+        ("model", {"hidden_size": 100, "heads": 3}, "model.heads: heads=3 must divide hidden_size=100"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_field(section: str, raw: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ExperimentConfig(experiment_name="x", **{section: raw})
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(expected), message
+
+
+def test_typo_in_yaml_fails_in_the_cli_before_any_model_is_built(tmp_path: Path) -> None:
+    """Exit 2, one line on stderr naming the field, and nothing created: no logs, no runs, no torch import."""
+    data = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    data["logging"]["use_wandbb"] = True
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(data))
+    probe = ("import sys, runpy; sys.argv = ['model_foundry.cli', 'train', 'typo.yaml']\n"
+             "try:\n    runpy.run_module('model_foundry.cli', run_name='__main__')\n"
+             "except SystemExit as e:\n    print('torch imported:', 'torch' in sys.modules); raise")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: logging.use_wandbb: unknown key; did you mean 'use_wandb'?"]
+    assert "torch imported: False" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["typo.yaml"]
+
+
+def test_wrong_type_in_yaml_names_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("experiment_name: x\ntraining:\n  batch_size: many\n")
+    with pytest.raises(ConfigError, match=r"^training\.batch_size: .*'many'") as info:
+        load_experiment(path)
+    assert "\n" not in str(info.value)
+
+
+def test_dict_and_model_dump_agree_without_warnings() -> None:
+    config = ExperimentConfig(experiment_name="x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert config.dict() == config.model_dump()
+        assert config.logging.dict() == config.logging.model_dump()
+
+
+def test_logging_shortcuts_fill_the_tracking_block() -> None:
+    config = ExperimentConfig(experiment_name="exp0", logging={"use_wandb": True, "wandb_project": "spanish-subject-drop",
+                                                               "wandb_entity": "lab"})
+    tracking = config.tracking_config()
+    assert isinstance(tracking, TrackingConfig)
+    assert tracking.backends == {"tensorboard": {}, "wandb": {}}
+    assert (tracking.project, tracking.entity, tracking.run_name) == ("spanish-subject-drop", "lab", "exp0")
+
+
+def test_explicit_tracking_values_win_over_the_shortcuts() -> None:
+    config = ExperimentConfig(
+        experiment_name="exp0",
+        logging={"use_wandb": True, "wandb_project": "from-logging", "wandb_entity": "lab"},
+        tracking={"project": "from-tracking", "run_name": "custom", "backends": {"mlflow": {}, "wandb": {"mode": "offline"}}},
+    )
+    tracking = config.tracking_config()
+    assert tracking.project == "from-tracking"
+    assert tracking.entity == "lab"  # not set under tracking: the shortcut fills it
+    assert tracking.run_name == "custom"
+    assert tracking.backends == {"mlflow": {}, "wandb": {"mode": "offline"}}  # the explicit W&B options are kept
+
+
+def test_defaults_without_wandb() -> None:
+    tracking = ExperimentConfig(experiment_name="exp0").tracking_config()
+    assert (tracking.project, tracking.run_name, tracking.backends) == ("model-foundry", "exp0", {"tensorboard": {}})
+
+
+def test_wandb_mode_disabled_drops_only_the_wandb_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    config = ExperimentConfig(experiment_name="x", logging={"use_wandb": True},
+                              tracking={"backends": {"mlflow": {}, "wandb": {}}})
+    assert config.tracking_config().backends == {"mlflow": {}}
