@@ -1,10 +1,11 @@
 """What `run.log` costs the training loop, and how fast the TensorBoard backend drains.
 
-    python benchmarks/overhead.py [--steps 100000]
+    python benchmarks/overhead.py [--steps 100000] [--no-watch]
 
 Prints p50/p99/mean of one `run.log` call with 10 scalars (TensorBoard backend
 on), the same step written with TensorBoard's own EventFileWriter directly, the
-drain rate (scalars/s the backend absorbs) and the journal's write rate.
+drain rate (scalars/s the backend absorbs), the journal's write rate, and
+`run.log` inside a small training loop with and without `run.watch`.
 Targets (issue 2): p50 <= 5 us, p99 <= 50 us, drain >= 100,000 scalars/s.
 """
 
@@ -81,15 +82,47 @@ def bench_journal(root: Path, events: int) -> float:
     return events / (time.perf_counter() - t0)
 
 
+def bench_watch(root: Path, steps: int) -> dict[str, tuple[float, float, float]]:
+    """run.log cost and step time in a real loop (a small MLP), without and with
+    ``run.watch(model, log="all", log_freq=100)``."""
+    import torch
+
+    out: dict[str, tuple[float, float, float]] = {}
+    for label, watched in (("loop, no watch", False), ("loop, watch(all, every 100)", True)):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        run = ft.init({"dir": str(root / label.replace(" ", "_")), "backends": {"tensorboard": {}}})
+        if watched:
+            run.watch(model, log="all", log_freq=100)
+        log_ns, step_ns = [0] * steps, [0] * steps
+        x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
+        for step in range(steps):
+            t0 = time.perf_counter_ns()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            t1 = time.perf_counter_ns()
+            run.log({"train/loss": loss.detach(), **{k: 0.0 for k in KEYS[1:]}}, step=step)
+            log_ns[step], step_ns[step] = time.perf_counter_ns() - t1, t1 - t0
+        run.finish()
+        p50, p99, _ = percentiles(log_ns)
+        out[label] = (p50, p99, statistics.median(step_ns) / 1e3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--no-watch", action="store_true", help="skip the training-loop/watch part (needs torch)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         samples, produce_s, drain_s, steps = bench_run_log(root / "runs", args.steps)
         direct = bench_direct_tensorboard(root, args.steps)
         journal_rate = bench_journal(root, args.steps)
+        watch = bench_watch(root, min(args.steps, 2000)) if not args.no_watch else {}
     p50, p99, mean = percentiles(samples)
     d50, d99, dmean = percentiles(direct)
     print(f"{'per step, 10 scalars':<44}{'p50 us':>10}{'p99 us':>10}{'mean us':>10}")
@@ -100,6 +133,11 @@ def main() -> None:
     print(f"TensorBoard drain: {steps * 10 / drain_s:,.0f} scalars/s "
           f"(all {steps * 10:,} scalars acknowledged {drain_s:.2f} s after the first log call)")
     print(f"journal write rate: {journal_rate:,.0f} events/s ({journal_rate * 10:,.0f} scalars/s)")
+    if watch:
+        print()
+        print(f"{'training loop (MLP 64-256-10, batch 32)':<44}{'log p50':>10}{'log p99':>10}{'step us':>10}")
+        for label, (w50, w99, step_us) in watch.items():
+            print(f"{label:<44}{w50:>10.2f}{w99:>10.2f}{step_us:>10.1f}")
     ok = p50 <= 5 and p99 <= 50 and steps * 10 / drain_s >= 100_000
     print(f"targets p50 <= 5 us, p99 <= 50 us, drain >= 100,000 scalars/s: {'met' if ok else 'NOT met'}")
 
