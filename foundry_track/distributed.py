@@ -109,10 +109,10 @@ def reduce_metrics(values: Mapping[str, Any], op: str) -> dict[str, Any]:
     torch = sys.modules["torch"]
     device = _device(dist)
     keys = list(values)
-    hashes = torch.zeros(dist.get_world_size(), dtype=torch.int64, device=device)
     mine = torch.tensor([_keys_hash(keys)], dtype=torch.int64, device=device)
-    dist.all_gather_into_tensor(hashes, mine)
-    if bool((hashes != hashes[0]).any()):
+    hashes = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(hashes, mine)
+    if bool((torch.cat(hashes) != mine).any()):
         detail = _describe_mismatch(all_gather(keys))  # every rank takes this branch together
         raise KeyMismatchError(
             f"run.log(reduce={op!r}): ranks passed different metric keys; nothing was logged. {detail}. "

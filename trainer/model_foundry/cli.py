@@ -12,6 +12,10 @@ config comes from ``$MODEL_FOUNDRY_CONFIG``.
 
 Exit codes: 0 done, 2 bad configuration or usage, 130 interrupted (a
 checkpoint to resume from was saved).
+
+Under torchrun (DistributedDataParallel, one process per GPU or CPU slot)::
+
+    torchrun --nproc_per_node=2 -m model_foundry.cli train configs/quickstart.yaml
 """
 
 from __future__ import annotations
@@ -144,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\ninterrupted; resume with --resume <the checkpoint printed above>", file=sys.stderr)
         return 130
 
+    if trainer.rank != 0:  # under torchrun rank 0 prints for the job
+        return 130 if summary["interrupted"] else 0
     if summary["interrupted"]:
         print(f"\ninterrupted after step {trainer.step}; resume with --resume {summary['checkpoint']}", file=sys.stderr)
         return 130
