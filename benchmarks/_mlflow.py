@@ -104,3 +104,15 @@ class MlflowServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def mlflow_target(backends: list[str], given_uri: str | None, tmp: Path) -> tuple[str, MlflowServer | None]:
+    """The MLflow URI a benchmark logs to: ``given_uri`` if set, else a throwaway
+    server started here (the caller stops it); ``""`` when MLflow is not measured."""
+    if "mlflow" not in backends:
+        return given_uri or "", None
+    if given_uri:
+        return given_uri, None
+    server = MlflowServer(tmp / "mlflow-server")
+    print(f"mlflow server on {server.uri} (started in {server.start():.1f} s)")
+    return server.uri, server

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _mlflow import mlflow_target
 from _common import (KEYS, expected_values, fmt_rate, fmt_s, local_tracker_env, machine, markdown_table,
                      provenance, step_metrics, text_table, update_doc, wait_until)
 from _readback import Received, compare, mlflow_values, tensorboard_values, wandb_values
@@ -161,15 +162,7 @@ def main() -> int:
         local_tracker_env(tmp)
         server = None
         try:
-            uri = None
-            if "mlflow" in backends and args.mlflow_uri:
-                uri = args.mlflow_uri
-            elif "mlflow" in backends:
-                from _mlflow import MlflowServer
-
-                server = MlflowServer(tmp / "mlflow-server")
-                print(f"mlflow server on {server.uri} (started in {server.start():.1f} s)")
-                uri = server.uri
+            uri, server = mlflow_target(backends, args.mlflow_uri, tmp)
             for backend in backends:
                 steps = args.steps or DEFAULT_STEPS[backend]
                 if backend == "mlflow":

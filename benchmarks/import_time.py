@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _mlflow import mlflow_target
 from _common import ROOT, fmt_s, local_tracker_env, machine, markdown_table, provenance, text_table, update_doc
 
 BACKENDS = ("tensorboard", "wandb", "mlflow")
@@ -158,15 +159,7 @@ def main() -> int:
             if not args.skip_sdk:  # for scale only: seconds each, so fewer repeats
                 sdk_imports = import_costs(min(args.repeat, 5), {SDK_IMPORT[b]: SDK_IMPORT[b] for b in backends})
                 imports.update((k, v) for k, v in sdk_imports.items() if k != "pass")
-            uri = ""
-            if "mlflow" in backends and args.mlflow_uri:
-                uri = args.mlflow_uri
-            elif "mlflow" in backends:
-                from _mlflow import MlflowServer
-
-                server = MlflowServer(tmp / "mlflow-server")
-                print(f"mlflow server on {server.uri} (started in {server.start():.1f} s)")
-                uri = server.uri
+            uri, server = mlflow_target(backends, args.mlflow_uri, tmp)
             starts: dict[str, list[dict[str, float]]] = {}
             sdk: dict[str, list[float]] = {}
             for backend in backends:

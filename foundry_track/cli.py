@@ -269,14 +269,15 @@ def _resolve(ref: str, root: str | None) -> Path:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from foundry_track.inspect import flat_config, load_run, local_copies, mask_url, scan
+    from foundry_track.inspect import load_run, local_copies, mask_url, scan
+    from foundry_track.params import flatten
 
     path = _resolve(args.run, args.dir)
     run = load_run(path)
     contents = scan(path)
     # The run's config (init(params=...)) as run.json keeps it, then what
     # log_params added or changed later; secrets were redacted before writing.
-    params = {**flat_config(run.raw.get("config") or {}), **contents.params}
+    params = {**flatten(run.raw.get("config") or {}), **contents.params}
     config = {f"tracking.backends.{n}.{k}": _masked(v, mask_url) for n, b in run.backends.items()
               for k, v in b.options.items()}
     if args.json:

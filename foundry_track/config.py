@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from pathlib import Path
-from typing import Any, Final, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# Re-exported: they live in a pydantic-free module so the CLI can use them cheaply.
+from foundry_track.params import REDACTED, flatten, is_secret_key, redact
 
 __all__ = [
     "TrackingConfig",
@@ -25,8 +27,6 @@ __all__ = [
     "REDACTED",
 ]
 
-REDACTED: Final = "***"
-_SECRET = re.compile(r"key|token|secret|password", re.IGNORECASE)
 
 
 class ConfigError(ValueError):
@@ -158,39 +158,3 @@ def _apply_env(cfg: TrackingConfig) -> TrackingConfig:
         extra = [t.strip() for t in os.environ["FOUNDRY_TRACK_TAGS"].split(",") if t.strip()]
         cfg.tags = [*cfg.tags, *(t for t in extra if t not in cfg.tags)]
     return cfg
-
-
-def is_secret_key(key: str) -> bool:
-    return bool(_SECRET.search(key))
-
-
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/:@\s]+:)[^@/\s]+(?P<tail>@)", re.IGNORECASE)
-
-
-def redact(value: Any) -> Any:
-    """A copy of ``value`` with every value under a secret-looking key replaced.
-
-    A key is secret when it contains ``key``, ``token``, ``secret`` or
-    ``password`` (any case) — ``WANDB_API_KEY``, ``hf_token``, ``db.password``.
-    A password inside a URL (``http://user:pw@host``) is masked wherever it is.
-    """
-    if isinstance(value, Mapping):
-        return {k: (REDACTED if isinstance(k, str) and is_secret_key(k) and v is not None else redact(v))
-                for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
-    if isinstance(value, str) and "://" in value:
-        return _URL_PASSWORD.sub(rf"\g<head>{REDACTED}\g<tail>", value)
-    return value
-
-
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``; lists and other values are kept whole."""
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, name))
-        else:
-            flat[name] = value
-    return flat

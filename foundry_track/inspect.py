@@ -43,7 +43,6 @@ __all__ = [
     "metric_points",
     "metric_series",
     "scan",
-    "flat_config",
     "local_copies",
     "mask_url",
     "CleanDecision",
@@ -506,19 +505,6 @@ def _json_number(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
-
-
-def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``, the way ``log_params`` stores keys
-    (``foundry_track.config.flatten``, without importing pydantic for it)."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            flat.update(flat_config(value, name))
-        else:
-            flat[name] = value
-    return flat
 
 
 @dataclass(slots=True)
