@@ -281,6 +281,7 @@ class Dispatcher:
         self.closing = threading.Event()
         self.status: Status = "success"
         self.error: BaseException | None = None
+        self.on_error: Callable[[], None] | None = None  # the run's log() stops taking its short path
         self._fallback = fallback
         self._on_identity = on_identity
         self._lock = threading.Lock()
@@ -304,6 +305,8 @@ class Dispatcher:
             pass
         if self.strict and self.error is None:
             self.error = exc
+            if self.on_error is not None:
+                self.on_error()
         if not worker.error_reported:
             worker.error_reported = True
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -14,6 +14,15 @@ accumulated every ``flush_interval`` seconds; a process killed with SIGKILL
 loses at most the events of one interval. Committed records are also kept in a
 small in-memory tail so backends that keep up never read the disk; a backend
 that falls behind reads from the file, so memory stays bounded.
+
+The one unbounded thing is the queue of events not yet committed. A loop that
+logs faster than the writer commits (~100k events/s; no real training step is
+that short) would grow it without limit, so the writer reports a backlog of
+more than ``_BACKLOG_SCALARS`` values through ``on_backlog`` and the run makes
+its log calls wait until the queue is short again. Inserts go as multi-row
+statements: the sqlite3 module releases the GIL around every statement, and a
+writer that must win the GIL back from a busy training thread once per row
+would commit a few hundred rows a second.
 """
 
 from __future__ import annotations
@@ -25,13 +34,16 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Final, Iterator, NamedTuple
+from typing import Any, Callable, Final, Iterator, NamedTuple
 
 __all__ = ["Journal", "Record", "JOURNAL_FILE"]
 
 JOURNAL_FILE: Final = "journal.db"
-_BUSY_QUEUE: Final = 2000  # queued events above which the writer stops sleeping
-_TAIL_RECORDS: Final = 8192  # ~ a few MB of recent events kept for fast readers
+_BUSY_QUEUE: Final = 2000  # queued events above which the writer commits at once
+_POLL: Final = 0.01  # how often the writer looks at the queue between commits
+_BATCH_EVENTS: Final = 4096  # most events one commit takes, so a backlog is not copied whole
+_BACKLOG_SCALARS: Final = 100_000  # ~10 MB of queued values: log calls wait above this
+_TAIL_RECORDS: Final = 4096  # ~ a few MB of recent events kept for fast readers
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS events (
     seq  INTEGER PRIMARY KEY,
@@ -93,6 +105,19 @@ def _encode(kind: str, data: Any) -> tuple[Any, str]:
     return data, _LENIENT_JSON.encode(data)
 
 
+
+
+def _insert_sql(rows: int) -> str:
+    return "INSERT INTO events VALUES " + ",".join(["(?,?,?,?,?)"] * rows)
+
+
+def _rows_per_statement(con: sqlite3.Connection) -> int:
+    # 32,766 parameters since SQLite 3.32, 999 before; getlimit is Python 3.11+.
+    getlimit = getattr(con, "getlimit", None)
+    limit = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if getlimit else 999
+    return max(1, min(_BATCH_EVENTS, limit // 5))
+
+
 def _decode_json(text: str) -> Any:
     # NaN and inf are written as JSON's NaN/Infinity extensions and read back.
     return json.loads(text, parse_constant=lambda c: {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[c])
@@ -110,13 +135,23 @@ class Journal:
         self.flush_interval = flush_interval
         self.readonly = readonly
         self._pending: deque[tuple[str, int, float, Any]] = deque()
+        # append((kind, step, time, data)): what append() does, without the
+        # cost of a Python call, for the training loop's hot path.
+        self.append_event: Callable[[tuple[str, int, float, Any]], None] = self._pending.append
         self._local = threading.local()
         self._committed = threading.Condition()
         self._tail: deque[Record] = deque(maxlen=_TAIL_RECORDS)
         self._write_lock = threading.Lock()
+        self._write_con: sqlite3.Connection | None = None
+        self._rows_per_statement = 1
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self.write_error: BaseException | None = None
+        # Set by the Run; both are called on the writer thread.
+        self.check_metrics: Callable[[int, dict[str, Any]], dict[str, Any]] | None = None
+        self.on_backlog: Callable[[bool], None] | None = None
+        self.backlogged = False
+        self._backlog_events = _BACKLOG_SCALARS // 10  # re-estimated from the values per event seen
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as con:
@@ -126,11 +161,12 @@ class Journal:
 
     # -- connections ------------------------------------------------------- #
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, cached_statements: int = 128) -> sqlite3.Connection:
         if self.readonly:
             con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
         else:
-            con = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            con = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None,
+                                  cached_statements=cached_statements)
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")
         return con
@@ -154,47 +190,115 @@ class Journal:
             self._writer.start()
 
     def _write_loop(self) -> None:
-        # Sleep between commits only while the queue is short: when the loop
-        # logs faster than one commit per interval drains, commit back to back,
-        # which keeps the queue (the only unbounded memory) as short as it can be.
-        while not self._stop.wait(self.flush_interval if len(self._pending) < _BUSY_QUEUE else 0):
+        # Commit every interval; look at the queue every _POLL seconds in
+        # between, so a burst of log calls (tens of thousands in one interval)
+        # is committed, or held back by the backlog wait, before it piles up.
+        # While the queue is long, commit back to back.
+        last = time.monotonic()
+        while not self._stop.is_set():
+            if len(self._pending) < _BUSY_QUEUE and not self.backlogged:
+                self._stop.wait(min(_POLL, self.flush_interval))
+                if len(self._pending) < _BUSY_QUEUE and time.monotonic() - last < self.flush_interval:
+                    continue
             self.flush()
+            last = time.monotonic()
         self.flush()
+        self._set_backlogged(False)
+
+    def _check_backlog(self) -> None:
+        queued = len(self._pending)
+        if self.write_error is not None:
+            # A full disk keeps events in memory rather than stalling training.
+            self._set_backlogged(False)
+        elif queued > self._backlog_events:
+            self._set_backlogged(True)
+        elif queued <= self._backlog_events // 4:
+            self._set_backlogged(False)
+
+    def _set_backlogged(self, value: bool) -> None:
+        if value != self.backlogged:
+            self.backlogged = value
+            if self.on_backlog is not None:
+                self.on_backlog(value)
+            if not value:
+                with self._committed:
+                    self._committed.notify_all()
+
+    def wait_backlog(self, timeout: float) -> None:
+        """Block the calling (training) thread while the writer reports a backlog."""
+        with self._committed:
+            self._committed.wait_for(lambda: not self.backlogged, timeout)
 
     def flush(self) -> int:
         """Commit everything appended so far; return the last committed seq."""
+        seq = self._commit_batch()
+        while self._pending and self.write_error is None:
+            seq = self._commit_batch()
+        self._check_backlog()
+        return seq
+
+    def _commit_batch(self) -> int:
+        self._check_backlog()  # first thing once this thread has the GIL back
         with self._write_lock:
             pending = self._pending
-            count = len(pending)
+            count = min(len(pending), _BATCH_EVENTS)
             if count == 0:
                 return self._last_seq
             # popleft is atomic, so producers may keep appending meanwhile.
             batch = [pending.popleft() for _ in range(count)]
             seq = self._last_seq
             records: list[Record] = []
-            rows: list[tuple[int, str, int, float, str]] = []
+            rows: list[Any] = []
+            check, scalars = self.check_metrics, 0
             for kind, step, t, data in batch:
+                if not seq & 511:
+                    # Encoding a batch takes several GIL hand-offs with a busy
+                    # training thread: look at the queue meanwhile, not only between batches.
+                    self._check_backlog()
                 try:
+                    step, t = int(step), float(t)
+                    if kind == "metrics":
+                        scalars += len(data)
+                        if check is not None:
+                            data = check(step, data)
                     data, text = _encode(kind, data)
                 except Exception as exc:  # noqa: BLE001 - a bad value must not stop the journal
-                    data, text = {"error": f"could not encode {kind} event: {exc!r}"}, None
-                    kind = "dropped"
-                    text = json.dumps(data)
+                    data = {"error": f"could not encode {kind} event: {exc!r}"}
+                    kind, text = "dropped", json.dumps(data)
+                    step, t = step if type(step) is int else 0, t if type(t) is float else time.time()
                 seq += 1
                 records.append(Record(seq, kind, step, t, data))
-                rows.append((seq, kind, step, t, text))
+                rows += (seq, kind, step, t, text)
+            self._backlog_events = max(1000, _BACKLOG_SCALARS * count // max(scalars, count))
             try:
-                con = self._conn()
-                con.execute("BEGIN")
-                con.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
-                con.execute("COMMIT")
+                # One statement for the whole batch where SQLite allows that
+                # many parameters: the sqlite3 module releases the GIL around
+                # each statement it prepares or steps, and with a busy training
+                # thread each release costs up to a switch interval (5 ms) to
+                # win back. executemany would pay that once per row.
+                con = self._write_con
+                if con is None:
+                    # Its own connection, with no statement cache: batch sizes
+                    # vary, and a cache would keep up to 128 large statements.
+                    con = self._write_con = self._connect(cached_statements=0)
+                    self._rows_per_statement = _rows_per_statement(con)
+                per = self._rows_per_statement
+                if count <= per:
+                    con.execute(_insert_sql(count), rows)
+                else:
+                    con.execute("BEGIN")
+                    for start in range(0, count, per):
+                        n = min(per, count - start)
+                        con.execute(_insert_sql(n), rows[5 * start:5 * (start + n)])
+                    con.execute("COMMIT")
             except sqlite3.Error as exc:
                 # Keep the events in memory and try again next interval: a full
                 # disk is transient, and losing metrics is not an option.
-                try:
-                    con.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+                if self._write_con is not None and self._write_con.in_transaction:
+                    try:
+                        self._write_con.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
                 self.write_error = exc
                 pending.extendleft(reversed(batch))
                 return self._last_seq
@@ -214,6 +318,10 @@ class Journal:
                 self._writer = None
             else:
                 self.flush()
+        with self._write_lock:
+            if self._write_con is not None:
+                self._write_con.close()
+                self._write_con = None
         con = getattr(self._local, "con", None)
         if con is not None:
             con.close()

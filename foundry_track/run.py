@@ -38,6 +38,9 @@ __all__ = ["Run", "init", "sync", "RUN_FILE"]
 RUN_FILE: Final = "run.json"
 _log = logging.getLogger("foundry_track")
 _FAST_TYPES: Final = frozenset({float, int})
+_STR_TYPE: Final = frozenset({str})
+_TENSOR_TYPES: set[type] = set()  # torch.Tensor and subclasses, learned at first sight (no torch import)
+_now: Final = time.time
 _ID_ALPHABET: Final = string.ascii_lowercase + string.digits
 _live_runs: weakref.WeakSet[Run] = weakref.WeakSet()
 
@@ -54,6 +57,8 @@ def _coerce(key: Any, value: Any) -> Any:
     """The slow path of ``Run.log``: anything that is not a plain int or float."""
     if type(key) is not str:
         raise TypeError(f"run.log: metric keys must be str, got {key!r} ({type(key).__name__})")
+    if type(value) in _TENSOR_TYPES:
+        return _tensor_value(key, value)
     if type(value) in _FAST_TYPES:
         return value
     if isinstance(value, bool):
@@ -62,21 +67,28 @@ def _coerce(key: Any, value: Any) -> Any:
         return value if isinstance(value, numbers.Integral) else float(value)
     numel = getattr(value, "numel", None)
     if numel is not None and callable(numel) and hasattr(value, "device"):  # a torch tensor
-        if numel() != 1:
-            raise TypeError(
-                f"run.log: {key!r} is a tensor of shape {tuple(value.shape)}; pass a scalar "
-                f"(a 0-d tensor, e.g. loss.detach()) or use run.log_histogram for many values"
-            )
-        if value.device.type == "cpu":
-            return value.item()
-        # A GPU tensor is read by the journal thread, so the step never syncs.
-        return value.detach()
+        # Remembered by type, so the next tensor skips the checks above (the
+        # trainer logs its loss as a tensor every time).
+        _TENSOR_TYPES.add(type(value))
+        return _tensor_value(key, value)
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # 0-d numpy array
         return value.item()
     raise TypeError(
         f"run.log: {key!r} has a value of type {type(value).__name__}; expected int, float, bool, "
         f"a numpy scalar or a 0-d tensor (use log_params for config values)"
     )
+
+
+def _tensor_value(key: str, value: Any) -> Any:
+    if value.numel() != 1:
+        raise TypeError(
+            f"run.log: {key!r} is a tensor of shape {tuple(value.shape)}; pass a scalar "
+            f"(a 0-d tensor, e.g. loss.detach()) or use run.log_histogram for many values"
+        )
+    # Read by the journal's thread (``.item()``), so a GPU tensor never syncs
+    # the step and a CPU one costs no more than a float. Detached, so a loss
+    # passed with its graph does not keep the graph's activations alive.
+    return value.detach() if value.requires_grad else value
 
 
 def _param_value(value: Any) -> Any:
@@ -110,6 +122,16 @@ class Run:
         self._warned_backwards = False
         self._finished = journal is None
         self._warned_after_finish = False
+        self._warned_keys = False
+        self._hot = False
+        self._append: Callable[[tuple[str, int, float, Any]], None] = lambda event: None
+        if journal is not None:
+            self._append = journal.append_event
+            journal.check_metrics = self._check_metrics
+            journal.on_backlog = self._update_gate
+        if dispatcher is not None:
+            dispatcher.on_error = self._update_gate
+        self._update_gate()
         self.undelivered: dict[str, int] = {}
         self._media_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._media_thread: threading.Thread | None = None
@@ -162,8 +184,33 @@ class Run:
         the same order; rank 0 logs the reduced values. Different keys raise
         :class:`~foundry_track.distributed.KeyMismatchError` on every rank.
         """
+        try:
+            values = dict(metrics)
+        except (TypeError, ValueError):
+            raise TypeError(f"run.log expects a mapping of metric names to numbers, got {type(metrics).__name__}"
+                            ) from None
+        # The common call (plain numbers, an int step or none) does as little as
+        # it can: right after a training step the CPU caches are cold and every
+        # extra branch or attribute costs a fraction of a microsecond. The rest
+        # of the checks (keys, steps going back) run on the journal's thread.
+        if self._hot and reduce is None and _FAST_TYPES.issuperset(map(type, values.values())):
+            if type(step) is not int:
+                if step is not None:
+                    return self._log_slow(values, step, reduce)
+                # No call between the read and the write: the GIL is not
+                # released there, so concurrent callers still get distinct steps.
+                step = self._last_step + 1
+            self._last_step = step
+            self._append(("metrics", step, _now(), values))
+            return None
+        return self._log_slow(values, step, reduce)
+
+    def _log_slow(self, values: dict[str, Any], step: Any, reduce: str | None) -> None:
+        """Everything but the common call: reductions, values to convert, bad
+        input, a finished or strict-failed run, ``every_n_steps``, a backlog.
+        ``values`` is the caller's copy, changed in place."""
         if reduce is not None:
-            metrics = distributed.reduce_metrics(metrics, reduce)
+            values = dict(distributed.reduce_metrics(values, reduce))
         journal = self._journal
         if journal is None or self._finished:
             if self._finished and journal is not None:
@@ -171,27 +218,45 @@ class Run:
             return
         if self._dispatcher is not None and self._dispatcher.error is not None:
             raise BackendError(f"a backend failed in strict mode: {self._dispatcher.error!r}") from self._dispatcher.error
-        values = dict(metrics)
         for key, value in values.items():
             if type(value) not in _FAST_TYPES or type(key) is not str:
                 values[key] = _coerce(key, value)
-        with self._lock:
-            if step is None:
-                step = self._last_step + 1
-            elif type(step) is not int:
-                step = _step_int(step)
-            if step < self._max_step and not self._warned_backwards:
+        if type(step) is not int:
+            step = self._last_step + 1 if step is None else _step_int(step)
+        self._last_step = step
+        if self._every != 1 and step % self._every:
+            return
+        journal.append("metrics", step, _now(), values)
+        if journal.backlogged:
+            # The loop logs faster than the journal commits: wait for it rather
+            # than queue without bound (a bounded wait, should the writer be stuck).
+            journal.wait_backlog(timeout=1.0)
+
+    def _check_metrics(self, step: int, values: dict[str, Any]) -> dict[str, Any]:
+        """The checks ``log`` leaves to the journal's thread, in the order of the calls."""
+        if step < self._max_step:
+            if not self._warned_backwards:
                 self._warned_backwards = True
                 _log.warning(
                     "run.log: step %d is lower than step %d already logged; it is kept (each backend's "
                     "policy for repeated steps is in the docs). Reported once per run.", step, self._max_step
                 )
-            self._last_step = step
-            if step > self._max_step:
-                self._max_step = step
-        if self._every != 1 and step % self._every:
-            return
-        journal.append("metrics", step, time.time(), values)
+        else:
+            self._max_step = step
+        if not _STR_TYPE.issuperset(map(type, values)):
+            bad = next(k for k in values if type(k) is not str)
+            if not self._warned_keys:
+                self._warned_keys = True
+                _log.warning("run.log: metric keys should be str, got %r (%s); logged as %r. Use string names "
+                             "such as 'train/loss'. Reported once per run.", bad, type(bad).__name__, str(bad))
+            values = {str(k): v for k, v in values.items()}
+        return values
+
+    def _update_gate(self, *_: Any) -> None:
+        """Recompute whether ``log`` may take its short path."""
+        journal, dispatcher = self._journal, self._dispatcher
+        self._hot = (journal is not None and not self._finished and self._every == 1 and not journal.backlogged
+                     and (dispatcher is None or dispatcher.error is None))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Record hyperparameters: nested dicts are flattened with ``/``, secrets redacted."""
@@ -336,6 +401,7 @@ class Run:
             if self._finished:
                 return self.undelivered
             self._finished = True
+            self._hot = False
         _live_runs.discard(self)
         assert self._journal is not None and self._dispatcher is not None and self._info is not None
         flush_timeout = self.config.flush_timeout if timeout is None else timeout
