@@ -1,7 +1,8 @@
 """foundry-track side by side with what people use today, in one process.
 
-    python benchmarks/peers.py [--steps 300] [--step-ms 10] [--step-kind sleep|compute]
-                               [--hot-steps 5000] [--backends wandb,tensorboard,mlflow] [--write-docs]
+    python benchmarks/peers.py [--steps 300] [--step-ms 10] [--step-kind train|sleep|compute]
+                               [--also 1:train,10:sleep] [--hot-steps 5000]
+                               [--backends wandb,tensorboard,mlflow] [--write-docs]
 
 One case after another, on the same machine, each logging 10 scalars per step
 for ``--steps`` steps to W&B (offline), TensorBoard and a throwaway ``mlflow
@@ -16,15 +17,17 @@ server`` on 127.0.0.1 that this script starts:
   foundry-track       ``run.log(metrics, step=)`` with the wandb, tensorboard and mlflow backends
 
 Between two log calls the loop runs a training step of ``--step-ms``: by
-default a sleep (the interpreter free, as while a loop waits on the GPU;
-foundry-track's backend threads drain meanwhile), or ``--step-kind compute``
-(CPU matrix products that take the GIL back between products). Per case it
-reports the cost of the log call(s) as the training loop sees them (p50, p99,
-mean), the loop's wall time per step, the blocking set-up time, the time to
-finish (flush and close), and whether every backend received every step, read
-back with each tracker's own reader. A case that loses data says so. Then the
-control and foundry-track again for ``--hot-steps`` steps back to back (no
-training step: hot caches, and the backends draining 1,000s of steps behind).
+default real training steps of a small MLP (torch, CPU, one thread); or a
+sleep (the interpreter free, as while a loop waits on the GPU), or CPU matrix
+products (``--step-kind``). Per case it reports the cost of the log call(s) as
+the training loop sees it (p50, p99, mean), the loop's wall time per step,
+the blocking set-up time, the time to finish (flush and close), and whether
+every backend received every step, read back with each tracker's own reader.
+A case that loses data says so. Then the control and foundry-track again with
+the other training steps of ``--also`` (the cost of a call depends on how
+cold the CPU caches are when it runs), and for ``--hot-steps`` steps back to
+back (no training step: hot caches, and the backends draining 1,000s of steps
+behind).
 
 Peers come from the ``bench`` extra: ``pip install 'foundry-track[bench]'``.
 """
@@ -79,7 +82,12 @@ class Result:
     received: dict[str, Received]
     steps: int
     step_ms: float
+    step_kind: str
     parts: dict[str, Stats] = field(default_factory=dict)
+
+    @property
+    def setting(self) -> tuple[float, str]:
+        return (self.step_ms, self.step_kind if self.step_ms > 0 else "")
 
     @property
     def wall_per_step_s(self) -> float:
@@ -279,14 +287,17 @@ def warm_up_mlflow(uri: str) -> None:
 def training_step(ms: float, kind: str) -> Callable[[], None] | None:
     """The work between two log calls, ``ms`` long.
 
-    ``sleep``: the interpreter is free, as while a training loop waits on the
-    GPU (``loss.item()``, a synchronising kernel); the trackers' own threads
-    run meanwhile. ``compute``: 1-thread 128x128 torch matrix products, a CPU
-    step that releases the GIL inside each product but takes it back between
-    them, so threads that hold the GIL delay the step (see "wall/step").
-    Either way the CPU caches the log call used are cold when it runs again,
-    as in a real loop: on the 2-core machine of docs/performance.md the
-    control's ``dict(metrics)`` costs ~0.2 us back to back, ~10 us after a step.
+    ``train`` (the default): real training steps of a small MLP (forward,
+    backward, SGD update; torch on one thread), repeated to last ``ms``: what
+    a training loop on the CPU does between two log calls. ``sleep``: the
+    interpreter is free, as while a loop waits on the GPU (``loss.item()``, a
+    synchronising kernel); the trackers' own threads run meanwhile, and the
+    idle core's caches go cold. ``compute``: 1-thread 128x128 torch matrix
+    products, a CPU step that releases the GIL inside each product but takes
+    it back between them, so threads that hold the GIL delay the step (see
+    "wall/step"). Whatever the step, the CPU caches the log call used are
+    colder when it runs again than back to back: the control's
+    ``dict(metrics)`` measures how much colder.
     """
     if ms <= 0:
         return None
@@ -296,15 +307,33 @@ def training_step(ms: float, kind: str) -> Callable[[], None] | None:
     import torch
 
     torch.set_num_threads(1)  # one core for the step; the trackers' processes get the other(s)
-    a = torch.randn(128, 128)
-    mm, now = torch.mm, time.perf_counter
+    now = time.perf_counter
+    if kind == "compute":
+        a = torch.randn(128, 128)
+        mm = torch.mm
 
-    def step() -> None:
+        def step() -> None:
+            end = now() + seconds
+            while now() < end:
+                mm(a, a)
+
+        return step
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(128, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(64, 128), torch.randint(0, 10, (64,))
+    loss_fn = torch.nn.functional.cross_entropy
+
+    def train() -> None:
         end = now() + seconds
         while now() < end:
-            mm(a, a)
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
 
-    return step
+    return train
 
 
 def run_case(name: str, env: Env, steps: int, step_ms: float, step_kind: str, tag: str = "") -> Result:
@@ -349,6 +378,7 @@ def run_case(name: str, env: Env, steps: int, step_ms: float, step_kind: str, ta
         received[backend] = compare(expected, got)
     parts = {k: Stats.of(v) for k, v in harness.parts.items() if v}
     return Result(label, harness.backends, Stats.of(samples), setup_s, loop_s, finish_s, received, steps, step_ms,
+                  step_kind,
                   parts)
 
 
@@ -363,17 +393,17 @@ def _ratio(value: float, reference: float) -> str:
 
 
 def _step_label(r: Result) -> str:
-    return f"{r.step_ms:g} ms" if r.step_ms > 0 else "none"
+    return f"{r.step_ms:g} ms {r.step_kind}" if r.step_ms > 0 else "none"
 
 
 def _rows(results: list[Result], markdown: bool) -> tuple[list[str], list[list[str]]]:
     """One row per case; ratios against foundry-track measured with the same training step."""
-    ref = {r.step_ms: r for r in results if r.name == FT}
+    ref = {r.setting: r for r in results if r.name == FT}
     header = ["case", "backends", "step", "p50", "p99", "mean", "p50 vs ft", "p99 vs ft", "wall/step", "set-up",
               "finish", "received"]
     rows = []
     for r in results:
-        ft = ref.get(r.step_ms)
+        ft = ref.get(r.setting)
         name = f"**{r.name}**" if markdown and r.name == FT else r.name
         rows.append([
             name, "+".join(LABEL[b] for b in r.backends) or "-", _step_label(r),
@@ -402,7 +432,7 @@ def plot(results: list[Result], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [f"{r.name}\n{'+'.join(LABEL[b] for b in r.backends) or 'no tracker'}, "
-             + (f"{r.step_ms:g} ms step" if r.step_ms > 0 else f"{r.steps:,} steps back to back")
+             + (f"{r.step_ms:g} ms step ({r.step_kind})" if r.step_ms > 0 else f"{r.steps:,} steps back to back")
              for r in results]
     fig, ax = plt.subplots(figsize=(8.5, 0.62 * len(results) + 1.5), dpi=110)
     ys = list(range(len(results)))
@@ -417,7 +447,7 @@ def plot(results: list[Result], path: Path) -> None:
         ax.text(a * 1.12, y - h / 2, fmt_us(a), va="center", fontsize=7.5)
         ax.text(b * 1.12, y + h / 2, fmt_us(b), va="center", fontsize=7.5)
     for y in range(1, len(results)):
-        if results[y].step_ms != results[y - 1].step_ms:  # a line between the two settings
+        if results[y].setting != results[y - 1].setting:  # a line between two settings
             ax.axhline(y - 0.5, color="#999999", linewidth=0.8, linestyle="--")
     ax.set_xscale("log")
     ax.set_yticks(ys, names, fontsize=7.5)
@@ -436,19 +466,23 @@ def plot(results: list[Result], path: Path) -> None:
 def _verdicts(results: list[Result]) -> list[str]:
     """The issue's targets, checked for each foundry-track row; and lost data."""
     lines = []
-    slow = [p for p in results if p.name in (CASES["lightning"][0], CASES["accelerate"][0])]
+    slow = {p.setting: p.stats.p50 for p in results if p.name in (CASES["lightning"][0], CASES["accelerate"][0])}
+    floor = {c.setting: c.stats.p50 for c in results if c.name == CASES["control"][0]}
     for r in results:
         if r.name != FT:
             continue
-        setting = f"after a {r.step_ms:g} ms step" if r.step_ms > 0 else "back to back"
+        setting = f"after a {r.step_ms:g} ms step ({r.step_kind})" if r.step_ms > 0 else "back to back"
         checks = [f"p50 {fmt_us(r.stats.p50)} <= 5 us: {'met' if r.stats.p50 <= 5 else 'NOT met'}",
                   f"p99 {fmt_us(r.stats.p99)} <= 50 us: {'met' if r.stats.p99 <= 50 else 'NOT met'}"]
-        if slow:
-            least = min(p.stats.p50 for p in slow) / r.stats.p50
+        peers = [v for k, v in slow.items() if k == r.setting] or list(slow.values())
+        if peers:
+            least = min(peers) / r.stats.p50
             checks.append(f"p50 at least 1,000x below Lightning's and Accelerate's ({least:,.0f}x): "
                           f"{'met' if least >= 1000 else 'NOT met'}")
+        if r.setting in floor:
+            checks.append(f"the control's dict(metrics) alone: {fmt_us(floor[r.setting])}")
         lines.append(f"foundry-track {setting}: " + "; ".join(checks))
-    lost = [r.name + (" (back to back)" if r.step_ms == 0 else "") for r in results if not r.complete]
+    lost = [f"{r.name} ({_step_label(r)})" for r in results if not r.complete]
     lines.append("every backend received every step in every case" if not lost
                  else f"DATA LOST by: {', '.join(lost)}")
     return lines
@@ -467,6 +501,8 @@ def write_docs(results: list[Result], args: argparse.Namespace, server_start_s: 
         "",
         f"{args.steps} steps of 10 scalars per case with a {args.step_ms:g} ms training step ({args.step_kind}) "
         "between log calls"
+        + (f"; then the control and foundry-track with a {' and a '.join(x.replace(':', ' ms ') for x in args.also.split(',') if x)} step"
+           if args.also else "")
         + (f"; then {args.hot_steps:,} steps back to back (step: none)" if args.hot_steps else "") + ". "
         "p50/p99/mean: cost of the log call(s) of one step as the training loop sees it; "
         "vs ft: that cost divided by foundry-track's, with the same training step; "
@@ -491,8 +527,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300, help="steps per case (10 scalars each)")
     parser.add_argument("--step-ms", type=float, default=10.0, help="training step between two log calls")
-    parser.add_argument("--step-kind", choices=("sleep", "compute"), default="sleep",
-                        help="the training step: the interpreter free (waiting on a GPU) or CPU work (torch)")
+    parser.add_argument("--step-kind", choices=("train", "sleep", "compute"), default="train",
+                        help="the training step: MLP training steps (torch, CPU), the interpreter free "
+                        "(waiting on a GPU) or CPU matrix products")
+    parser.add_argument("--also", default="1:train,10:sleep",
+                        help="then the control and foundry-track again with these other training steps, "
+                        "comma-separated MS:KIND ('' for none)")
     parser.add_argument("--hot-steps", type=int, default=5000,
                         help="then the control and foundry-track with this many steps back to back (0: skip)")
     parser.add_argument("--backends", default=",".join(BACKENDS),
@@ -505,6 +545,14 @@ def main() -> int:
                         "and the plot to docs/img/peers.png")
     args = parser.parse_args()
     backends = tuple(b for b in BACKENDS if b in args.backends.split(","))
+    for extra in (x for x in args.also.split(",") if x):
+        ms, _, kind = extra.partition(":")
+        try:
+            float(ms)
+        except ValueError:
+            kind = ""
+        if kind not in ("train", "sleep", "compute"):
+            parser.error(f"--also: {extra!r} is not MS:KIND with KIND train, sleep or compute (e.g. 1:train)")
     unknown = (set(args.backends.split(",")) - set(BACKENDS)) | (set(args.cases.split(",")) - set(CASES))
     if unknown or not backends:
         parser.error(f"unknown or no backends/cases: {sorted(unknown) or args.backends}")
@@ -554,12 +602,17 @@ def main() -> int:
 
                 wandb.setup()  # W&B's service process: started once, not charged to the first case
             env = Env(tmp, uri, backends, tag=secrets.token_hex(3))
-            plan = [(name, args.steps, args.step_ms, "") for name in cases]
+            plan = [(name, args.steps, args.step_ms, args.step_kind, "") for name in cases]
+            ours = [name for name in ("control", "foundry-track") if name in cases]
+            for i, extra in enumerate(x for x in args.also.split(",") if x):
+                ms, kind = extra.split(":")
+                if (float(ms), kind) != (args.step_ms, args.step_kind):
+                    plan += [(name, args.steps, float(ms), kind, f"-also{i}") for name in ours]
             if args.hot_steps:
-                plan += [(name, args.hot_steps, 0.0, "-hot") for name in ("control", "foundry-track") if name in cases]
-            for name, steps, step_ms, tag in plan:
+                plan += [(name, args.hot_steps, 0.0, "", "-hot") for name in ours]
+            for name, steps, step_ms, step_kind, tag in plan:
                 print(f"running {name}{tag} ({steps} steps) ...", flush=True)
-                result = run_case(name, env, steps, step_ms, args.step_kind, tag)
+                result = run_case(name, env, steps, step_ms, step_kind, tag)
                 results.append(result)
                 print(f"  p50 {fmt_us(result.stats.p50)}, p99 {fmt_us(result.stats.p99)}, "
                       f"finish {fmt_s(result.finish_s)}, received: "
