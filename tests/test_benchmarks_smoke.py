@@ -70,3 +70,12 @@ def test_import_time_runs(mlflow_server) -> None:  # type: ignore[no-untyped-def
     assert "import foundry_track" in out
     for backend in ("TensorBoard", "MLflow (HTTP)"):
         assert backend in out
+
+
+def test_overhead_runs_and_writes_its_block(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    out = run_script("overhead.py", "--steps", "2000", "--write-docs", docs=docs)
+    for row in ("control: dict(metrics)", "run.log, loss a tensor", "run.log, loss a float", "journal write rate"):
+        assert row in out, out
+    page = (docs / "performance.md").read_text()
+    assert "<!-- BEGIN loop" in page and "in the MLP loop" in page
