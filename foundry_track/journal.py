@@ -28,6 +28,7 @@ would commit a few hundred rows a second.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sqlite3
 import threading
@@ -38,6 +39,7 @@ from typing import Any, Callable, Final, Iterator, NamedTuple
 
 __all__ = ["Journal", "Record", "JOURNAL_FILE"]
 
+_log = logging.getLogger("foundry_track")
 JOURNAL_FILE: Final = "journal.db"
 _BUSY_QUEUE: Final = 2000  # queued events above which the writer commits at once
 _POLL: Final = 0.01  # how often the writer looks at the queue between commits
@@ -195,15 +197,21 @@ class Journal:
         # is committed, or held back by the backlog wait, before it piles up.
         # While the queue is long, commit back to back.
         last = time.monotonic()
-        while not self._stop.is_set():
-            if len(self._pending) < _BUSY_QUEUE and not self.backlogged:
-                self._stop.wait(min(_POLL, self.flush_interval))
-                if len(self._pending) < _BUSY_QUEUE and time.monotonic() - last < self.flush_interval:
-                    continue
+        try:
+            while not self._stop.is_set():
+                if len(self._pending) < _BUSY_QUEUE and not self.backlogged:
+                    self._stop.wait(min(_POLL, self.flush_interval))
+                    if len(self._pending) < _BUSY_QUEUE and time.monotonic() - last < self.flush_interval:
+                        continue
+                self.flush()
+                last = time.monotonic()
             self.flush()
-            last = time.monotonic()
-        self.flush()
-        self._set_backlogged(False)
+        except BaseException as exc:  # noqa: BLE001 - reported; log calls must not wait on a dead writer
+            self.write_error = exc
+            _log.exception("foundry-track: the journal's writer thread stopped; events stay in memory and "
+                           "are committed when the run finishes")
+        finally:
+            self._set_backlogged(False)
 
     def _check_backlog(self) -> None:
         queued = len(self._pending)
@@ -226,6 +234,9 @@ class Journal:
 
     def wait_backlog(self, timeout: float) -> None:
         """Block the calling (training) thread while the writer reports a backlog."""
+        writer = self._writer
+        if writer is None or not writer.is_alive():
+            return
         with self._committed:
             self._committed.wait_for(lambda: not self.backlogged, timeout)
 
@@ -316,7 +327,7 @@ class Journal:
             if self._writer is not None:
                 self._writer.join(timeout=30)
                 self._writer = None
-            else:
+            if self._pending:  # no writer thread, or it died
                 self.flush()
         with self._write_lock:
             if self._write_con is not None:
