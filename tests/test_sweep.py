@@ -480,6 +480,30 @@ def test_mlflow_parent_run_per_group_is_opt_in(tmp_path: Path, monkeypatch: pyte
     assert "mlflow.parentRunId" not in runs["p0"].data.tags and "mlflow.parentRunId" not in runs["o0"].data.tags
 
 
+def test_mlflow_resumed_child_keeps_its_parent_without_the_sweep_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    import foundry_track as ft
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = {"project": "nesting", "dir": str(tmp_path / "runs"), "fallback": None, "strict": True,
+           "backends": {"mlflow": {"tracking_uri": uri}}}
+    monkeypatch.setenv("FOUNDRY_TRACK_SWEEP", "sw1")
+    with ft.init(cfg, group="sw1", run_name="c0") as run:
+        run.log({"x": 0.0}, step=0)
+    client = MlflowClient(uri)
+    parent_id = client.get_run(run.backend_ids["mlflow"]["run_id"]).data.tags["mlflow.parentRunId"]
+    client.update_run(parent_id, status="RUNNING")  # as while another trial of the sweep runs
+    monkeypatch.delenv("FOUNDRY_TRACK_SWEEP")  # resumed later from a plain shell
+    with ft.init(cfg, resume=run.dir) as resumed:
+        resumed.log({"x": 1.0}, step=1)
+    child = client.get_run(run.backend_ids["mlflow"]["run_id"])
+    assert child.data.tags["mlflow.parentRunId"] == parent_id
+    assert client.get_run(parent_id).info.status == "FINISHED"  # the child's finish still closes its parent
+
+
 def test_sweep_is_imported_only_by_the_sweep_command() -> None:
     code = textwrap.dedent("""
         import sys

@@ -353,7 +353,9 @@ class MlflowBackend:
             else:
                 self._reopen(found, run)
                 experiment_id = found.info.experiment_id
-            self._parent_id = self._tags.get(PARENT_RUN_TAG) if nest else None
+            # A run made before keeps the nesting it was made with (its tag),
+            # whatever the environment of this start (a resume, a later sync).
+            self._parent_id = self._tags.get(PARENT_RUN_TAG) if nest or found is not None else None
         identity = {"run_id": self.run_id or "", "experiment_id": experiment_id, "tracking_uri": masked_uri(uri)}
         if uri.startswith(("http://", "https://")):
             identity["url"] = f"{masked_uri(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{self.run_id}"
