@@ -15,6 +15,7 @@ server`` on 127.0.0.1 that this script starts:
   Accelerate          ``Accelerator(log_with=[...])``, ``init_trackers``, ``accelerator.log(values, step=)``
   MLflow async        ``mlflow.log_metrics(..., synchronous=False)`` (MLflow only)
   foundry-track       ``run.log(metrics, step=)`` with the wandb, tensorboard and mlflow backends
+  foundry-track, delivery: process   the same, the backends in the delivery process
 
 Between two log calls the loop runs a training step of ``--step-ms``: by
 default real training steps of a small MLP (torch, CPU, one thread); or a
@@ -56,6 +57,7 @@ from _readback import Received, compare, mlflow_values, tensorboard_values, wand
 BACKENDS = ("wandb", "tensorboard", "mlflow")
 LABEL = {"wandb": "W&B", "tensorboard": "TB", "mlflow": "MLflow"}
 FT = "foundry-track"
+FT_PROCESS = "foundry-track, delivery: process"
 
 
 @dataclass
@@ -227,7 +229,7 @@ def mlflow_async(env: Env, case_dir: Path) -> Harness:
                    {"mlflow": env.experiment("mlflow-async")})
 
 
-def foundry_track(env: Env, case_dir: Path) -> Harness:
+def foundry_track(env: Env, case_dir: Path, delivery: str = "thread") -> Harness:
     import foundry_track as ft
 
     options: dict[str, dict[str, Any]] = {
@@ -236,7 +238,7 @@ def foundry_track(env: Env, case_dir: Path) -> Harness:
         "mlflow": {"tracking_uri": env.uri, "experiment": env.experiment(case_dir.name)},
     }
     run = ft.init({"dir": str(case_dir / "runs"), "project": "bench-foundry-track", "flush_timeout": 600,
-                   "backends": {b: options[b] for b in env.backends}})
+                   "delivery": delivery, "backends": {b: options[b] for b in env.backends}})
 
     def finish() -> None:
         undelivered = run.finish()
@@ -260,6 +262,7 @@ CASES: dict[str, tuple[str, Callable[[Env, Path], Harness], str | None]] = {
     "accelerate": ("Accelerate trackers", accelerate_trackers, "accelerate"),
     "mlflow-async": ("MLflow synchronous=False", mlflow_async, None),
     "foundry-track": (FT, foundry_track, None),
+    "foundry-track-process": (FT_PROCESS, lambda env, case_dir: foundry_track(env, case_dir, "process"), None),
 }
 
 
@@ -404,7 +407,7 @@ def _rows(results: list[Result], markdown: bool) -> tuple[list[str], list[list[s
     rows = []
     for r in results:
         ft = ref.get(r.setting)
-        name = f"**{r.name}**" if markdown and r.name == FT else r.name
+        name = f"**{r.name}**" if markdown and r.name in (FT, FT_PROCESS) else r.name
         rows.append([
             name, "+".join(LABEL[b] for b in r.backends) or "-", _step_label(r),
             fmt_us(r.stats.p50), fmt_us(r.stats.p99), fmt_us(r.stats.mean),
@@ -439,8 +442,8 @@ def plot(results: list[Result], path: Path) -> None:
     h = 0.38
     p50 = [r.stats.p50 for r in results]
     p99 = [r.stats.p99 for r in results]
-    light = ["#2a9d8f" if r.name == FT else "#adb5bd" if not r.backends else "#8d99ae" for r in results]
-    dark = ["#1d6f65" if r.name == FT else "#6c757d" if not r.backends else "#4a5568" for r in results]
+    light = ["#2a9d8f" if r.name in (FT, FT_PROCESS) else "#adb5bd" if not r.backends else "#8d99ae" for r in results]
+    dark = ["#1d6f65" if r.name in (FT, FT_PROCESS) else "#6c757d" if not r.backends else "#4a5568" for r in results]
     ax.barh([y - h / 2 for y in ys], p50, height=h, color=light, label="p50")
     ax.barh([y + h / 2 for y in ys], p99, height=h, color=dark, label="p99")
     for y, a, b in zip(ys, p50, p99):
@@ -469,9 +472,10 @@ def _verdicts(results: list[Result]) -> list[str]:
     slow = {p.setting: p.stats.p50 for p in results if p.name in (CASES["lightning"][0], CASES["accelerate"][0])}
     floor = {c.setting: c.stats.p50 for c in results if c.name == CASES["control"][0]}
     for r in results:
-        if r.name != FT:
+        if r.name not in (FT, FT_PROCESS):
             continue
-        setting = f"after a {r.step_ms:g} ms step ({r.step_kind})" if r.step_ms > 0 else "back to back"
+        setting = ("" if r.name == FT else "(delivery: process) ") + (
+            f"after a {r.step_ms:g} ms step ({r.step_kind})" if r.step_ms > 0 else "back to back")
         checks = [f"p50 {fmt_us(r.stats.p50)} <= 5 us: {'met' if r.stats.p50 <= 5 else 'NOT met'}",
                   f"p99 {fmt_us(r.stats.p99)} <= 50 us: {'met' if r.stats.p99 <= 50 else 'NOT met'}"]
         peers = [v for k, v in slow.items() if k == r.setting] or list(slow.values())
@@ -481,6 +485,9 @@ def _verdicts(results: list[Result]) -> list[str]:
                           f"{'met' if least >= 1000 else 'NOT met'}")
         if r.setting in floor:
             checks.append(f"the control's dict(metrics) alone: {fmt_us(floor[r.setting])}")
+        if r.setting in floor:
+            wall = {c.setting: c.wall_per_step_s for c in results if c.name == CASES["control"][0]}[r.setting]
+            checks.append(f"wall/step {(r.wall_per_step_s - wall) * 1e3:+.2f} ms against the control's")
         lines.append(f"foundry-track {setting}: " + "; ".join(checks))
     lost = [f"{r.name} ({_step_label(r)})" for r in results if not r.complete]
     lines.append("every backend received every step in every case" if not lost
@@ -603,7 +610,7 @@ def main() -> int:
                 wandb.setup()  # W&B's service process: started once, not charged to the first case
             env = Env(tmp, uri, backends, tag=secrets.token_hex(3))
             plan = [(name, args.steps, args.step_ms, args.step_kind, "") for name in cases]
-            ours = [name for name in ("control", "foundry-track") if name in cases]
+            ours = [name for name in ("control", "foundry-track", "foundry-track-process") if name in cases]
             for i, extra in enumerate(x for x in args.also.split(",") if x):
                 ms, kind = extra.split(":")
                 if (float(ms), kind) != (args.step_ms, args.step_kind):
@@ -636,7 +643,7 @@ def main() -> int:
         write_docs(results, args, server_start_s, verdicts)
         print("wrote docs/performance.md and docs/img/peers.png")
     # A peer that loses data is a finding; foundry-track losing data is a bug.
-    return 1 if any(r.name == FT and not r.complete for r in results) else 0
+    return 1 if any(r.name in (FT, FT_PROCESS) and not r.complete for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ class TrackingConfig(BaseModel):
     system_metrics_interval: float | None = Field(None, gt=0, description="Seconds between samples of CPU %, process memory and GPU memory/utilisation, logged as `system/*`; null turns the sampler off.", examples=[10.0])
     per_rank: bool = Field(False, description="Under torchrun: every rank logs its own run `<run>-rank<N>`, grouped; default: rank 0 logs for the job.", examples=[False])
     strict: bool = Field(False, description="Re-raise backend errors instead of isolating them (tests, plugin authors).", examples=[False])
+    delivery: Literal["thread", "process"] = Field("thread", description="Where the backends run: `thread` (a thread per backend in the training process) or `process` (a separate delivery process reading the journal, so the trackers' SDKs never share the training process's interpreter). `FOUNDRY_TRACK_DELIVERY` overrides it.", examples=["process"])
 
 
 def _closest(key: str, candidates: list[str]) -> str:
@@ -107,7 +108,7 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | TrackingCon
     A YAML file or dict may hold the block itself or a top-level ``tracking:``
     key (the rest of an experiment config is then ignored). Environment
     overrides are applied last: ``FOUNDRY_TRACK_BACKENDS``, ``FOUNDRY_TRACK_MODE``,
-    ``FOUNDRY_TRACK_DIR``, ``FOUNDRY_TRACK_PROJECT``, ``FOUNDRY_TRACK_GROUP``,
+    ``FOUNDRY_TRACK_DELIVERY``, ``FOUNDRY_TRACK_DIR``, ``FOUNDRY_TRACK_PROJECT``, ``FOUNDRY_TRACK_GROUP``,
     ``FOUNDRY_TRACK_RUN_NAME`` and ``FOUNDRY_TRACK_TAGS`` (appended).
     """
     origin = "tracking"
@@ -146,6 +147,11 @@ def _apply_env(cfg: TrackingConfig) -> TrackingConfig:
         if mode not in ("online", "disabled"):
             raise ConfigError(f"FOUNDRY_TRACK_MODE={mode!r}: expected 'online' or 'disabled'")
         cfg.mode = mode  # type: ignore[assignment]
+    delivery = os.environ.get("FOUNDRY_TRACK_DELIVERY")
+    if delivery:
+        if delivery not in ("thread", "process"):
+            raise ConfigError(f"FOUNDRY_TRACK_DELIVERY={delivery!r}: expected 'thread' or 'process'")
+        cfg.delivery = delivery  # type: ignore[assignment]
     if os.environ.get("FOUNDRY_TRACK_DIR"):
         cfg.dir = Path(os.environ["FOUNDRY_TRACK_DIR"])
     # Set by launchers (foundry-track sweep, schedulers) to place and group runs

@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Final, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Final, Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
 
@@ -32,6 +32,9 @@ from foundry_track.dispatcher import BackendError, Dispatcher, Worker
 from foundry_track.events import STATUSES, RunInfo, Status
 from foundry_track.journal import JOURNAL_FILE, Journal
 from foundry_track.plugins import BackendHooks, BackendInfo, build_plugin_manager, discover, instantiate, options_model
+
+if TYPE_CHECKING:
+    from foundry_track.deliver import ProcessDelivery
 
 __all__ = ["Run", "init", "sync", "RUN_FILE"]
 
@@ -108,7 +111,7 @@ class Run:
         *,
         info: RunInfo | None,
         journal: Journal | None,
-        dispatcher: Dispatcher | None,
+        dispatcher: Dispatcher | ProcessDelivery | None,
         last_step: int = -1,
     ) -> None:
         self.config = config
@@ -129,20 +132,25 @@ class Run:
             self._append = journal.append_event
             journal.check_metrics = self._check_metrics
             journal.on_backlog = self._update_gate
-        if dispatcher is not None:
-            dispatcher.on_error = self._update_gate
-        self._update_gate()
         self.undelivered: dict[str, int] = {}
         self._media_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._media_thread: threading.Thread | None = None
         self._watches: list[Any] = []
         self._sampler: Any = None
+        self._attach(dispatcher)
         if journal is not None:
             _live_runs.add(self)
             if config.system_metrics_interval:
                 from foundry_track.system import SystemSampler
 
                 self._sampler = SystemSampler(self, config.system_metrics_interval)
+
+    def _attach(self, dispatcher: Dispatcher | ProcessDelivery | None) -> None:
+        """Hand the run its delivery (in-process workers, or the delivery process)."""
+        self._dispatcher = dispatcher
+        if dispatcher is not None:
+            dispatcher.on_error = self._update_gate
+        self._update_gate()
 
     # -- identity ---------------------------------------------------------- #
 
@@ -663,11 +671,34 @@ def init(
 
     journal = Journal(run_dir / JOURNAL_FILE, flush_interval=cfg.journal_flush_interval)
     last_step = journal.max_step()
+    run = Run(cfg, info=info, journal=journal, dispatcher=None, last_step=last_step if last_step is not None else -1)
+    journal.start()
+    if params:
+        run.log_params(params)
+    if cfg.delivery == "process":
+        from foundry_track.deliver import ProcessDelivery
+
+        delivery: Dispatcher | ProcessDelivery = ProcessDelivery.start(
+            journal, run_dir, {n: dict(cfg.backends[n] or {}) for n in chosen}, fallback=cfg.fallback,
+            start_timeout=cfg.start_timeout, strict=cfg.strict)
+    else:
+        delivery = start_dispatcher(journal, info, {n: options for n, (_, options) in chosen.items()}, backend_ids,
+                                    fallback=cfg.fallback, start_timeout=cfg.start_timeout, strict=cfg.strict)
+    run._attach(delivery)
+    return run
+
+
+def start_dispatcher(journal: Journal, info: RunInfo, options: Mapping[str, BaseModel],
+                     backend_ids: Mapping[str, Mapping[str, str]], *, fallback: str | None, start_timeout: float,
+                     strict: bool) -> Dispatcher:
+    """Start one worker per backend (and the fallback when one cannot start),
+    in this process: what ``init`` does, and the delivery process."""
+    run_dir = info.dir
     found = discover()
     fallback_lock = threading.Lock()
 
     def start_fallback(failed: str) -> Worker | None:
-        name_ = cfg.fallback
+        name_ = fallback
         if name_ is None or name_ == failed:
             return None
         with fallback_lock:
@@ -678,26 +709,21 @@ def init(
             if fb is None or not fb.available:
                 _log.warning("fallback backend %r is not available: %s", name_, fb.problem if fb else "not found")
                 return None
-            options = _validate_options(fb, {})
+            fb_options = _validate_options(fb, {})
             with _file_lock:
                 data = _read_run_file(run_dir)
                 data.setdefault("backends", {})[name_] = {}
                 _write_run_file(run_dir, data)
-            return dispatcher.add(name_, _hooks_for(fb), options, backend_ids.get(name_, {}))
+            return dispatcher.add(name_, _hooks_for(fb), fb_options, backend_ids.get(name_, {}))
 
     dispatcher = Dispatcher(
-        journal, info, start_timeout=cfg.start_timeout, strict=cfg.strict, fallback=start_fallback,
+        journal, info, start_timeout=start_timeout, strict=strict, fallback=start_fallback,
         on_identity=lambda n, ident: _save_identity(run_dir, n, ident),
     )
-    hooks = {name_: _hooks_for(b_info) for name_, (b_info, _) in chosen.items()}
-    run = Run(cfg, info=info, journal=journal, dispatcher=dispatcher,
-              last_step=last_step if last_step is not None else -1)
-    journal.start()
-    if params:
-        run.log_params(params)
-    for name_, (_, options) in chosen.items():
-        dispatcher.add(name_, hooks[name_], options, backend_ids.get(name_, {}))
-    return run
+    hooks = {name_: _hooks_for(found[name_]) for name_ in options}
+    for name_, opts in options.items():
+        dispatcher.add(name_, hooks[name_], opts, backend_ids.get(name_, {}))
+    return dispatcher
 
 
 def sync(run_dir: str | os.PathLike[str], backend: str | None = None) -> dict[str, int]:

@@ -17,10 +17,17 @@ PLUGIN_DATA = Path(__file__).parent / "plugins" / "data"
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No test reads the developer's trackers, credentials or run folders."""
+    """No test reads the developer's trackers, credentials or run folders.
+
+    ``FOUNDRY_TRACK_TEST_DELIVERY=process`` runs every test with the backends in
+    the delivery process (``tracking.delivery``) instead of threads.
+    """
+    delivery = os.environ.get("FOUNDRY_TRACK_TEST_DELIVERY")
     for var in list(os.environ):
         if var.startswith(("FOUNDRY_TRACK_", "WANDB_", "_WANDB", "MLFLOW_")):
             monkeypatch.delenv(var)
+    if delivery:
+        monkeypatch.setenv("FOUNDRY_TRACK_DELIVERY", delivery)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_CONSOLE", "off")
