@@ -625,6 +625,34 @@ class _Checker:
         elif box.get("left"):
             self.problem(case, None, f"events left undelivered after sync: {box['left']}")
 
+        self.end_to_end_in_a_delivery_process(cfg)
+
+    def end_to_end_in_a_delivery_process(self, cfg: dict[str, Any]) -> None:
+        """The same run with ``tracking.delivery: process``: the backend in a fresh
+        interpreter, found through its entry point, options sent as JSON."""
+        import foundry_track
+
+        case = "end to end: the backend in the delivery process (tracking.delivery: process)"
+        started = time.perf_counter()
+        with _failures() as failures, _errors() as errors:
+            try:
+                run = foundry_track.init({**cfg, "run_name": "conformance-e2e-process", "delivery": "process"})
+            except Exception as exc:  # noqa: BLE001
+                self.problem(case, None, f"foundry_track.init failed: {type(exc).__name__}: {exc}",
+                             traceback.format_exc())
+                return
+            run_dir = run.dir
+            assert run_dir is not None
+            undelivered = self._guarded(case, failures, lambda: _log_every_kind(run, self.root, range(0, 10)))
+        self._timed(case, "foundry_track.init", started)
+        if any("not available in the delivery process" in message for message in errors):
+            self.advise("With tracking.delivery: process the backend runs in a fresh interpreter, which did not "
+                        "find it: install it as a distribution (its entry point), or put it on PYTHONPATH.")
+            return
+        if undelivered is None:
+            return
+        self._check_delivered(case, run_dir, undelivered)
+
     def _timed(self, case: str, what: str, started: float) -> None:
         ok = not self.report.problems_with(case=case)
         self.report.results.append(CaseResult(case, what, time.perf_counter() - started, ok))
@@ -681,6 +709,28 @@ class _failures:
         self.handler = _FailureHandler()
         logging.getLogger("foundry_track").addHandler(self.handler)
         return self.handler.records
+
+    def __exit__(self, *exc: Any) -> None:
+        logging.getLogger("foundry_track").removeHandler(self.handler)
+
+
+class _ErrorHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+class _errors:
+    """Collect every error message of foundry_track's loggers while a block runs
+    (the delivery process's arrive as plain records)."""
+
+    def __enter__(self) -> list[str]:
+        self.handler = _ErrorHandler()
+        logging.getLogger("foundry_track").addHandler(self.handler)
+        return self.handler.messages
 
     def __exit__(self, *exc: Any) -> None:
         logging.getLogger("foundry_track").removeHandler(self.handler)
