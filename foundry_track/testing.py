@@ -562,21 +562,12 @@ class _Checker:
             "strict": True, "flush_timeout": self.hook_timeout, "start_timeout": self.hook_timeout,
         }
         case = "end to end: a new run through foundry_track.init (strict)"
-        started = time.perf_counter()
-        with _failures() as failures:
-            try:
-                run = foundry_track.init(cfg, params={"lr": 0.001, "model": {"layers": 2}, "api_key": "hidden"})
-            except Exception as exc:  # noqa: BLE001
-                self.problem(case, None, f"foundry_track.init failed: {type(exc).__name__}: {exc}",
-                             traceback.format_exc())
-                return
-            run_dir = run.dir
-            assert run_dir is not None
-            undelivered = self._guarded(case, failures, lambda: _log_every_kind(run, self.root, range(0, 30)))
-        self._timed(case, "foundry_track.init", started)
-        if undelivered is None:
+        made = self._logged_run(case, cfg, range(0, 30),
+                                params={"lr": 0.001, "model": {"layers": 2}, "api_key": "hidden"})
+        if made is None or made[1] is None:
             return
-        self._check_delivered(case, run_dir, undelivered)
+        run_dir = made[0]
+        self._check_delivered(case, run_dir, made[1])
 
         case = "end to end: resume the run, log lower steps, end as failed"
         started = time.perf_counter()
@@ -630,28 +621,41 @@ class _Checker:
     def end_to_end_in_a_delivery_process(self, cfg: dict[str, Any]) -> None:
         """The same run with ``tracking.delivery: process``: the backend in a fresh
         interpreter, found through its entry point, options sent as JSON."""
-        import foundry_track
-
         case = "end to end: the backend in the delivery process (tracking.delivery: process)"
-        started = time.perf_counter()
-        with _failures() as failures, _errors() as errors:
-            try:
-                run = foundry_track.init({**cfg, "run_name": "conformance-e2e-process", "delivery": "process"})
-            except Exception as exc:  # noqa: BLE001
-                self.problem(case, None, f"foundry_track.init failed: {type(exc).__name__}: {exc}",
-                             traceback.format_exc())
-                return
-            run_dir = run.dir
-            assert run_dir is not None
-            undelivered = self._guarded(case, failures, lambda: _log_every_kind(run, self.root, range(0, 10)))
-        self._timed(case, "foundry_track.init", started)
+        errors: list[str] = []
+        made = self._logged_run(case, {**cfg, "run_name": "conformance-e2e-process", "delivery": "process"},
+                                range(0, 10), errors=errors)
         if any("not available in the delivery process" in message for message in errors):
             self.advise("With tracking.delivery: process the backend runs in a fresh interpreter, which did not "
                         "find it: install it as a distribution (its entry point), or put it on PYTHONPATH.")
             return
-        if undelivered is None:
+        if made is None or made[1] is None:
             return
-        self._check_delivered(case, run_dir, undelivered)
+        self._check_delivered(case, made[0], made[1])
+
+    def _logged_run(self, case: str, cfg: Mapping[str, Any], steps: range, *, errors: list[str] | None = None,
+                    **init_kwargs: Any) -> tuple[Path, dict[str, int] | None] | None:
+        """A run through ``foundry_track.init`` that logs every kind of event at
+        ``steps`` and finishes: (run dir, undelivered, or None if it raised), or
+        None when ``init`` itself failed. Error messages logged meanwhile are
+        added to ``errors``."""
+        import foundry_track
+
+        started = time.perf_counter()
+        with _failures() as failures, _errors() as logged:
+            try:
+                run = foundry_track.init(dict(cfg), **init_kwargs)
+            except Exception as exc:  # noqa: BLE001
+                self.problem(case, None, f"foundry_track.init failed: {type(exc).__name__}: {exc}",
+                             traceback.format_exc())
+                return None
+            run_dir = run.dir
+            assert run_dir is not None
+            undelivered = self._guarded(case, failures, lambda: _log_every_kind(run, self.root, steps))
+        self._timed(case, "foundry_track.init", started)
+        if errors is not None:
+            errors.extend(logged)
+        return run_dir, undelivered
 
     def _timed(self, case: str, what: str, started: float) -> None:
         ok = not self.report.problems_with(case=case)
