@@ -199,9 +199,11 @@ class Journal:
         last = time.monotonic()
         try:
             while not self._stop.is_set():
-                if len(self._pending) < _BUSY_QUEUE and not self.backlogged:
+                failing = self.write_error is not None  # a full disk: retry once per interval, no faster
+                if failing or (len(self._pending) < _BUSY_QUEUE and not self.backlogged):
                     self._stop.wait(min(_POLL, self.flush_interval))
-                    if len(self._pending) < _BUSY_QUEUE and time.monotonic() - last < self.flush_interval:
+                    due = time.monotonic() - last >= self.flush_interval
+                    if not due and (failing or len(self._pending) < _BUSY_QUEUE):
                         continue
                 self.flush()
                 last = time.monotonic()

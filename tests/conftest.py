@@ -69,3 +69,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
         yield server
     finally:
         server.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("FOUNDRY_TRACK_TEST_DELIVERY") != "process":
+        return
+    skip = pytest.mark.skip(reason="holds only with delivery: thread (a crashed run left `running`, a plugin "
+                                   "importable only here, hook names attributed in this process)")
+    for item in items:
+        if "thread_delivery" in item.keywords:
+            item.add_marker(skip)

@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+# The scripts set their delivery themselves (peers.py runs both); memory.py's
+# stalled plugin is on its sys.path only, which a delivery process cannot see.
+pytestmark = pytest.mark.thread_delivery
 
 
 def run_script(name: str, *args: str, docs: Path | None = None, timeout: float = 120) -> str:

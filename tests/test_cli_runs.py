@@ -126,6 +126,7 @@ def test_runs_counts_match_the_journal(tmp_path: Path, fault_plugins: Path) -> N
     assert "tensorboard: " in table.stdout and "good" in table.stdout
 
 
+@pytest.mark.thread_delivery  # the delivery process would close the run as killed
 def test_runs_reads_a_live_run_and_shows_a_dead_one_as_crashed(tmp_path: Path) -> None:
     """A process that dies without finish() leaves `running` in run.json: shown as crashed."""
     root = tmp_path / "runs"

@@ -155,6 +155,7 @@ def test_a_hook_that_never_returns_is_reported(tmp_path: Path) -> None:
     assert "restart after a failed run: start with the saved identity" not in report.cases  # instance abandoned
 
 
+@pytest.mark.thread_delivery  # the hook is named from this process's log record
 def test_a_named_backend_failing_end_to_end_names_the_hook(tmp_path: Path, fault_plugins: Path) -> None:
     flag = tmp_path / "flag"
     flag.touch()

@@ -237,6 +237,7 @@ def test_resume_continues_the_same_run(client: mlflow.MlflowClient, mlflow_serve
     assert client.get_run(first["run_id"]).info.status == "FINISHED"
 
 
+@pytest.mark.thread_delivery  # the delivery process would close it before sync
 def test_crashed_process_is_marked_killed_by_sync(client: mlflow.MlflowClient, mlflow_server: MlflowServer,
                                                   tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, mlflow_server.uri)

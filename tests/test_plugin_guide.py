@@ -79,6 +79,7 @@ def _read(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+@pytest.mark.thread_delivery  # the tutorial's plugin is on sys.path only
 def test_a_backend_built_from_the_tutorial_receives_a_run(tutorial_backend: Path, tmp_path: Path) -> None:
     info = discover()["jsonl"]
     assert (info.distribution, info.version, info.available) == ("foundry-track-jsonl", "0.1.0", True)
