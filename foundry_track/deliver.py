@@ -44,7 +44,7 @@ from typing import IO, Any, Callable, Final, Mapping
 from foundry_track.dispatcher import BackendError
 from foundry_track.journal import JOURNAL_FILE, Journal
 
-__all__ = ["ProcessDelivery", "main"]
+__all__ = ["ProcessDelivery", "main", "wait_for_delivery", "LOCK_FILE"]
 
 _log = logging.getLogger("foundry_track")
 _POLL: Final = 0.02  # how often the child looks for newly committed events
@@ -97,42 +97,55 @@ class ProcessDelivery:
                 logging.getLogger(name).log(level, "%s", text)
             elif "undelivered" in message:
                 self._replies.put(line)
+        stream.close()
         if not self._finishing:
             code = self.process.wait()
             _log.error("foundry-track: the delivery process exited early (exit code %s; its error is above, on "
                        "stderr). Logging goes on into the journal; deliver it with: foundry-track sync %s",
                        code, self.run_dir)
+            self._fail(f"the delivery process exited early (exit code {code})")
         self._replies.put(None)
+
+    def _fail(self, message: str) -> None:
+        if self.strict and self.error is None:
+            self.error = BackendError(message)
+            if self.on_error is not None:
+                self.on_error()
 
     def finish(self, status: str, timeout: float) -> dict[str, int]:
         """Commit the journal, ask the child to deliver the rest within ``timeout``
-        seconds and close the backends; return what each backend did not get."""
+        seconds and close the backends; return what each backend did not get.
+        Returns within ``timeout`` + 5 s whatever the child does."""
+        end = time.monotonic() + timeout + _GRACE
         self._finishing = True
         self.journal.flush()
         try:
             assert self.process.stdin is not None
-            self.process.stdin.write(json.dumps({"finish": status, "timeout": timeout}) + "\n")
+            # A wall-clock deadline, not a duration: the child may read this line late.
+            self.process.stdin.write(json.dumps({"finish": status, "deadline": time.time() + timeout}) + "\n")
             self.process.stdin.close()
         except (BrokenPipeError, OSError, ValueError):
             pass  # the child is gone: what it did not deliver is counted below
         reply: dict[str, Any] | None = None
         try:
-            line = self._replies.get(timeout=timeout + _GRACE)
+            line = self._replies.get(timeout=max(0.0, end - time.monotonic()))
             reply = json.loads(line) if line else None
         except (queue.Empty, ValueError):
             reply = None
         try:
-            self.process.wait(timeout=_GRACE if reply else 0.1)
+            self.process.wait(timeout=max(0.1, end - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            _log.warning("foundry-track: the delivery process did not finish within flush_timeout; it was "
-                         "stopped. Deliver the rest with: foundry-track sync %s", self.run_dir)
-        if reply is not None and reply.get("error") and self.strict:
-            self.error = BackendError(reply["error"])
-        if reply is not None:
-            return {str(k): int(v) for k, v in reply.get("undelivered", {}).items()}
-        return _undelivered(self.journal, self.run_dir)
+            if reply is None:
+                _log.warning("foundry-track: the delivery process did not finish within flush_timeout; it was "
+                             "stopped. Deliver the rest with: foundry-track sync %s", self.run_dir)
+        if reply is None:
+            self._fail("the delivery process did not report how delivery ended")
+            return _undelivered(self.journal, self.run_dir)
+        if reply.get("error"):
+            self._fail(reply["error"])
+        return {str(k): int(v) for k, v in reply.get("undelivered", {}).items()}
 
 
 class _ToParent(logging.Handler):
@@ -163,6 +176,67 @@ def _undelivered(journal: Journal, run_dir: Path) -> dict[str, int]:
     return {n: max(0, last - positions.get(n, {}).get("seq", 0)) for n in dict.fromkeys(names)}
 
 
+LOCK_FILE: Final = "delivery.lock"
+
+
+def wait_for_delivery(run_dir: Path, timeout: float) -> None:
+    """Wait (at most ``timeout`` seconds; then TimeoutError) until no delivery
+    process holds ``run_dir`` — an orphan of a killed training process finishing."""
+    handle = _lock_run(run_dir, timeout)
+    if handle is not None:
+        handle.close()
+
+
+def _lock_run(run_dir: Path, timeout: float | None = None) -> IO[str] | None:
+    """Hold the run's delivery lock (POSIX; elsewhere nothing is locked).
+    Blocks until a previous holder exits, or ``timeout`` seconds (then TimeoutError)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(run_dir / LOCK_FILE, "w")  # noqa: SIM115 - held for the process's life
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if end is not None and time.monotonic() > end:
+                handle.close()
+                raise TimeoutError(f"another process is delivering {run_dir}") from None
+            time.sleep(0.05)
+
+
+class _Lines:
+    """Lines from the parent on stdin, read from the file descriptor (not through
+    ``sys.stdin``, whose buffer would hide a line from ``select``)."""
+
+    def __init__(self) -> None:
+        self.fd = sys.stdin.fileno()
+        self.buffered = b""
+
+    def next(self, parent: int) -> str | None:
+        """The next line, or None once the parent is gone: at end of file, or when
+        the parent's pid changes — a process forked from the parent (a data
+        loader worker, an uploader) keeps the pipe open after the parent died."""
+        if os.name != "posix":
+            line = sys.stdin.readline()
+            return line if line.strip() else None
+        import select
+
+        while b"\n" not in self.buffered:
+            ready, _, _ = select.select([self.fd], [], [], 0.5)
+            if ready:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    return None
+                self.buffered += chunk
+            elif os.getppid() != parent:
+                return None
+        line, self.buffered = self.buffered.split(b"\n", 1)
+        return line.decode("utf-8")
+
+
 def _follow(journal: Journal, stop: threading.Event) -> None:
     """Wake the workers when the training process has committed more events."""
     while not stop.wait(_POLL):
@@ -182,13 +256,18 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m foundry_track.deliver RUN_DIR  (started by foundry_track.init with "
               "tracking.delivery: process; reads its setup from stdin)", file=sys.stderr)
         return 2
+    # Ctrl-C and a scheduler's SIGTERM reach the whole process group; the
+    # training process handles them (finishing the run), which needs this one alive.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid()
+    lines = _Lines()
     # The pipe to the training process carries only our JSON lines: what the
     # SDKs print (MLflow's "View run ..." lines, C libraries) goes to stderr.
     channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    setup = json.loads(sys.stdin.readline() or "{}")
+    setup = json.loads(lines.next(parent) or "{}")
     # foundry_track's own records go to the training process (its logging
     # configuration decides what to show); the SDKs' warnings go to stderr.
     ours = logging.getLogger("foundry_track")
@@ -203,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         tags=tuple(data.get("tags", ())), notes=data.get("notes"), group=data.get("group"),
         config=data.get("config", {}), dir=run_dir, resumed=data.get("resumed_at") is not None,
     )
+    owner = data.get("pid")
+    # One delivery process per run at a time: after a crash, the orphaned one
+    # finishes before a resumed run's starts (or `sync` runs), so no event is
+    # delivered twice and no backend run is closed under its successor.
+    lock = _lock_run(run_dir)
     journal = Journal(run_dir / JOURNAL_FILE)
     found = discover()
     options, missing = {}, []
@@ -224,16 +308,19 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     follower = threading.Thread(target=_follow, args=(journal, stop), name="foundry-track-follow", daemon=True)
     follower.start()
-    line = sys.stdin.readline()
-    orphaned = not line.strip()
-    message = {"finish": "killed", "timeout": data.get("flush_timeout", 30.0)} if orphaned else json.loads(line)
+    line = lines.next(parent)
+    orphaned = line is None
+    if orphaned:
+        message = {"finish": "killed", "deadline": time.time() + float(data.get("flush_timeout", 30.0))}
+    else:
+        message = json.loads(line)
     stop.set()
     follower.join()
     journal.refresh()  # the training process committed everything before asking to finish
-    undelivered = dispatcher.finish(message["finish"], float(message["timeout"]))
+    undelivered = dispatcher.finish(message["finish"], max(0.0, float(message["deadline"]) - time.time()))
     undelivered.update({n: max(0, journal.last_seq - journal.position(n)) for n in missing})
     journal.close()
-    if orphaned:  # nobody else will close the run
+    if orphaned and _read_run_file(run_dir).get("pid") == owner:  # nobody else will close the run
         _update_run_file(run_dir, status="killed", finished=time.time(), undelivered=undelivered)
     error = f"{type(dispatcher.error).__name__}: {dispatcher.error}" if dispatcher.error is not None else None
     try:
@@ -243,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             channel.close()
     except (BrokenPipeError, OSError):
         pass
+    if lock is not None:
+        lock.close()
     if any(w.thread is not None and w.thread.is_alive() for w in dispatcher.workers.values()):
         # A backend still stuck in a call past the deadline: its SDK's exit
         # handlers could hang too, and its events are safe in the journal.

@@ -45,6 +45,7 @@ _BUSY_QUEUE: Final = 2000  # queued events above which the writer commits at onc
 _POLL: Final = 0.01  # how often the writer looks at the queue between commits
 _BATCH_EVENTS: Final = 4096  # most events one commit takes, so a backlog is not copied whole
 _BACKLOG_SCALARS: Final = 100_000  # ~10 MB of queued values: log calls wait above this
+_STEP_LIMIT: Final = 2**63  # SQLite's INTEGER
 _TAIL_RECORDS: Final = 4096  # ~ a few MB of recent events kept for fast readers
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS events (
@@ -270,6 +271,8 @@ class Journal:
                     self._check_backlog()
                 try:
                     step, t = int(step), float(t)
+                    if not 0 <= step < _STEP_LIMIT:  # SQLite would raise OverflowError for the whole batch
+                        raise ValueError(f"step {step} is outside 0..2**63-1")
                     if kind == "metrics":
                         scalars += len(data)
                         if check is not None:
@@ -278,7 +281,8 @@ class Journal:
                 except Exception as exc:  # noqa: BLE001 - a bad value must not stop the journal
                     data = {"error": f"could not encode {kind} event: {exc!r}"}
                     kind, text = "dropped", json.dumps(data)
-                    step, t = step if type(step) is int else 0, t if type(t) is float else time.time()
+                    step = step if type(step) is int and 0 <= step < _STEP_LIMIT else 0
+                    t = t if type(t) is float else time.time()
                 seq += 1
                 records.append(Record(seq, kind, step, t, data))
                 rows += (seq, kind, step, t, text)

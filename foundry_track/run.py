@@ -44,6 +44,7 @@ _FAST_TYPES: Final = frozenset({float, int})
 _STR_TYPE: Final = frozenset({str})
 _TENSOR_TYPES: set[type] = set()  # torch.Tensor and subclasses, learned at first sight (no torch import)
 _now: Final = time.time
+_STEP_LIMIT: Final = 2**63  # SQLite's INTEGER
 _ID_ALPHABET: Final = string.ascii_lowercase + string.digits
 _live_runs: weakref.WeakSet[Run] = weakref.WeakSet()
 
@@ -57,9 +58,8 @@ def _slug(name: str) -> str:
 
 
 def _coerce(key: Any, value: Any) -> Any:
-    """The slow path of ``Run.log``: anything that is not a plain int or float."""
-    if type(key) is not str:
-        raise TypeError(f"run.log: metric keys must be str, got {key!r} ({type(key).__name__})")
+    """The slow path of ``Run.log``: a value that is not a plain int or float.
+    (Keys are checked on the journal's thread, whichever path the call took.)"""
     if type(value) in _TENSOR_TYPES:
         return _tensor_value(key, value)
     if type(value) in _FAST_TYPES:
@@ -88,10 +88,13 @@ def _tensor_value(key: str, value: Any) -> Any:
             f"run.log: {key!r} is a tensor of shape {tuple(value.shape)}; pass a scalar "
             f"(a 0-d tensor, e.g. loss.detach()) or use run.log_histogram for many values"
         )
-    # Read by the journal's thread (``.item()``), so a GPU tensor never syncs
-    # the step and a CPU one costs no more than a float. Detached, so a loss
-    # passed with its graph does not keep the graph's activations alive.
-    return value.detach() if value.requires_grad else value
+    if value.is_cpu:
+        return value.item()
+    # A device tensor is read by the journal's thread (``.item()``), so the step
+    # never syncs; it is copied first (an asynchronous device copy), because the
+    # optimizer or the loop may change the original in place meanwhile (a
+    # logged parameter, an accumulator reset with ``zero_()``).
+    return value.detach().clone()
 
 
 def _param_value(value: Any) -> Any:
@@ -203,7 +206,7 @@ class Run:
         # extra branch or attribute costs a fraction of a microsecond. The rest
         # of the checks (keys, steps going back) run on the journal's thread.
         if self._hot and reduce is None and _FAST_TYPES.issuperset(map(type, values.values())):
-            if type(step) is not int:
+            if type(step) is not int or step >= _STEP_LIMIT or step < 0:
                 if step is not None:
                     return self._log_slow(values, step, reduce)
                 # No call between the read and the write: the GIL is not
@@ -228,10 +231,12 @@ class Run:
         if self._dispatcher is not None and self._dispatcher.error is not None:
             raise BackendError(f"a backend failed in strict mode: {self._dispatcher.error!r}") from self._dispatcher.error
         for key, value in values.items():
-            if type(value) not in _FAST_TYPES or type(key) is not str:
+            if type(value) not in _FAST_TYPES:
                 values[key] = _coerce(key, value)
         if type(step) is not int:
             step = self._last_step + 1 if step is None else _step_int(step)
+        elif not 0 <= step < _STEP_LIMIT:
+            raise ValueError(f"run.log: step must be in 0..2**63-1, got {step}")
         self._last_step = step
         if self._every != 1 and step % self._every:
             return
@@ -262,10 +267,12 @@ class Run:
         return values
 
     def _update_gate(self, *_: Any) -> None:
-        """Recompute whether ``log`` may take its short path."""
-        journal, dispatcher = self._journal, self._dispatcher
-        self._hot = (journal is not None and not self._finished and self._every == 1 and not journal.backlogged
-                     and (dispatcher is None or dispatcher.error is None))
+        """Recompute whether ``log`` may take its short path (from any thread: the
+        lock keeps a late writer-thread call from reopening a finished run)."""
+        with self._lock:
+            journal, dispatcher = self._journal, self._dispatcher
+            self._hot = (journal is not None and not self._finished and self._every == 1
+                         and not journal.backlogged and (dispatcher is None or dispatcher.error is None))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Record hyperparameters: nested dicts are flattened with ``/``, secrets redacted."""
@@ -451,8 +458,8 @@ def _step_int(step: Any) -> int:
         if item is not None and isinstance(item(), int):
             return int(item())
         raise TypeError(f"step must be an int, got {step!r} ({type(step).__name__})")
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
+    if not 0 <= step < _STEP_LIMIT:
+        raise ValueError(f"step must be in 0..2**63-1, got {step}")
     return int(step)
 
 
@@ -675,17 +682,45 @@ def init(
     journal.start()
     if params:
         run.log_params(params)
-    if cfg.delivery == "process":
-        from foundry_track.deliver import ProcessDelivery
+    try:
+        if cfg.delivery == "process":
+            from foundry_track.deliver import ProcessDelivery
 
-        delivery: Dispatcher | ProcessDelivery = ProcessDelivery.start(
-            journal, run_dir, {n: dict(cfg.backends[n] or {}) for n in chosen}, fallback=cfg.fallback,
-            start_timeout=cfg.start_timeout, strict=cfg.strict)
-    else:
-        delivery = start_dispatcher(journal, info, {n: options for n, (_, options) in chosen.items()}, backend_ids,
-                                    fallback=cfg.fallback, start_timeout=cfg.start_timeout, strict=cfg.strict)
+            delivery: Dispatcher | ProcessDelivery = ProcessDelivery.start(
+                journal, run_dir, {n: dict(cfg.backends[n] or {}) for n in chosen}, fallback=cfg.fallback,
+                start_timeout=cfg.start_timeout, strict=cfg.strict)
+        else:
+            if previous:
+                _wait_for_orphaned_delivery(run_dir, previous)
+            delivery = start_dispatcher(journal, info, {n: options for n, (_, options) in chosen.items()},
+                                        backend_ids, fallback=cfg.fallback, start_timeout=cfg.start_timeout,
+                                        strict=cfg.strict)
+    except BaseException:
+        # No half-started run: what was logged (params) stays in the journal for `sync`.
+        run._finished, run._hot = True, False
+        _live_runs.discard(run)
+        if run._sampler is not None:
+            run._sampler.stop()
+        journal.close()
+        _update_run_file(run_dir, status="failed", finished=time.time())
+        raise
     run._attach(delivery)
     return run
+
+
+def _wait_for_orphaned_delivery(run_dir: Path, data: Mapping[str, Any]) -> None:
+    """A delivery process left by a killed training process delivers and closes
+    the run within its flush_timeout: let it, rather than deliver the same events
+    twice from here."""
+    from foundry_track.deliver import LOCK_FILE, wait_for_delivery
+
+    if not (run_dir / LOCK_FILE).exists():
+        return
+    try:
+        wait_for_delivery(run_dir, float(data.get("flush_timeout", 30.0)) + 10.0)
+    except TimeoutError:
+        raise ConfigError(f"a delivery process still holds {run_dir / LOCK_FILE}; wait for it to end "
+                          f"(it stops within the run's flush_timeout), then try again") from None
 
 
 def start_dispatcher(journal: Journal, info: RunInfo, options: Mapping[str, BaseModel],
@@ -740,6 +775,7 @@ def sync(run_dir: str | os.PathLike[str], backend: str | None = None) -> dict[st
     if data.get("status") == "running" and _process_alive(data) and data.get("pid") != os.getpid():
         raise ConfigError(f"run {data['id']} is still being written by process {data['pid']}; sync it after it ends")
     status: Status = data.get("status") if data.get("status") in STATUSES else "killed"  # type: ignore[assignment]
+    _wait_for_orphaned_delivery(run_dir, data)
     journal = Journal(run_dir / JOURNAL_FILE)
     positions = journal.positions()
     names = list(dict.fromkeys([*data.get("backends", {}), *positions]))

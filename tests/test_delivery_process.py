@@ -88,10 +88,11 @@ def test_a_hanging_backend_is_stopped_at_flush_timeout_and_sync_delivers_later(
 
 CHILD = textwrap.dedent(
     """
-    import sys, time, foundry_track as ft
+    import json, sys, time, foundry_track as ft
     out, root = sys.argv[1:3]
+    backends = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {"recorder": {"out": out}}
     run = ft.init({"dir": root, "fallback": None, "delivery": "process", "flush_timeout": 10,
-                   "backends": {"recorder": {"out": out}}})
+                   "backends": backends})
     for step in range(100):
         run.log({"loss": float(step)}, step=step)
     time.sleep(0.5)  # committed: the journal writer commits every 0.1 s
@@ -119,6 +120,31 @@ def test_when_the_training_process_dies_the_delivery_process_delivers_and_closes
     assert json.loads((run_dir / RUN_FILE).read_text())["status"] == "killed"
     assert metric_steps(out) == {s: 1 for s in range(100)}
     assert [r["status"] for r in records(out) if r["hook"] == "finish"] == ["killed"]
+
+
+def test_a_run_resumed_right_after_the_kill_waits_for_the_orphaned_delivery(
+    tmp_path: Path, fault_plugins: Path
+) -> None:
+    # The orphan of the killed trainer and the resumed run's delivery process must
+    # not deliver the same journal at once: every step arrives once, and the
+    # backend run is closed as killed before the resumed one starts it again.
+    out, flag = tmp_path / "out.jsonl", tmp_path / "flag"
+    flag.touch()  # 20 ms per event: the orphan is still delivering when the run resumes
+    backends = {"slow": {"out": str(out), "fault_flag": str(flag), "delay_per_event": 0.02}}
+    trainer = subprocess.Popen([sys.executable, "-c", CHILD, str(out), str(tmp_path / "runs"), json.dumps(backends)],
+                               stdout=subprocess.PIPE, text=True)
+    assert trainer.stdout is not None
+    run_dir = Path(trainer.stdout.readline().strip())
+    os.kill(trainer.pid, signal.SIGKILL)
+    trainer.wait(timeout=10)
+    cfg = {"dir": str(tmp_path / "runs"), "fallback": None, "delivery": "process", "backends": backends}
+    with ft.init(cfg, resume=run_dir) as resumed:
+        for step in range(100, 150):
+            resumed.log({"loss": float(step)}, step=step)
+    assert metric_steps(out) == {s: 1 for s in range(150)}
+    hooks = [(r["hook"], r.get("status")) for r in records(out) if r["hook"] in ("start", "finish")]
+    assert hooks == [("start", None), ("finish", "killed"), ("start", None), ("finish", "success")]
+    assert json.loads((run_dir / RUN_FILE).read_text())["status"] == "success"
 
 
 def test_delivery_is_checked_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

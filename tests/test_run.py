@@ -66,6 +66,39 @@ def test_non_str_keys_are_logged_as_str_and_reported_once(
     assert caplog.text.count("metric keys should be str, got 1 (int)") == 1
 
 
+def test_a_tensor_changed_in_place_after_log_keeps_the_logged_value(rec: dict, tmp_path: Path) -> None:
+    import torch
+
+    temperature = torch.nn.Parameter(torch.tensor(1.0))  # a learnable scalar the optimizer updates in place
+    running = torch.zeros(())
+    with ft.init(rec) as run:
+        for step in range(3):
+            running += 0.5
+            run.log({"temperature": temperature, "running": running}, step=step)
+            with torch.no_grad():
+                temperature -= 1.0
+            running.zero_()
+    assert [r["values"] for r in _metrics(tmp_path)] == [
+        {"temperature": 1.0 - step, "running": 0.5} for step in range(3)]
+
+
+def test_steps_outside_the_journal_range_are_refused_at_the_call(rec: dict, tmp_path: Path) -> None:
+    with ft.init(rec) as run:
+        run.log({"a": 1.0}, step=0)
+        for bad in (2**63, -1):
+            with pytest.raises(ValueError, match=r"step must be in 0\.\.2\*\*63-1"):
+                run.log({"a": 2.0}, step=bad)
+        run.log({"a": 3.0}, step=1)
+    assert [r["step"] for r in _metrics(tmp_path)] == [0, 1]
+
+
+def test_non_str_keys_are_converted_on_the_slow_path_too(rec: dict, tmp_path: Path) -> None:
+    with ft.init(rec) as run:
+        run.log({1: True}, step=0)  # a bool goes through the slow path
+        run.log({2: 0.5}, step=np.int64(1))  # so does a numpy step
+    assert [r["values"] for r in _metrics(tmp_path)] == [{"1": 1}, {"2": 0.5}]
+
+
 def test_not_a_mapping_is_a_clear_error(rec: dict) -> None:
     with ft.init(rec) as run, pytest.raises(TypeError, match="mapping of metric names to numbers, got float"):
         run.log(0.5)  # type: ignore[arg-type]
