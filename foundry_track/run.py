@@ -186,10 +186,10 @@ class Run:
     def log(self, metrics: Mapping[str, Any], step: int | None = None, reduce: str | None = None) -> None:
         """Record scalars at ``step`` (default: the last step + 1). Returns in microseconds.
 
-        Values may be int, float, bool, numpy scalars or 0-d torch tensors. A
-        tensor is read later, on the journal's thread (a CUDA one never syncs the
-        step): don't change it in place after logging it. A step lower than one
-        already logged is kept and reported once.
+        Values may be int, float, bool, numpy scalars or 0-d torch tensors. A CPU
+        tensor is read at the call; a GPU tensor is copied (asynchronously) and
+        read on the journal's thread, so the step never syncs. A step lower than
+        one already logged is kept and reported once.
 
         ``reduce="mean" | "sum" | "max" | "min"`` makes this call a COLLECTIVE
         under torch.distributed: every rank must call it, with the same keys in
