@@ -88,18 +88,21 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix
     return "\n".join(lines)
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: str | os.PathLike[str], what: str = "config file",
+              error: type[ConfigError] = ConfigError) -> Any:
+    """A YAML file's content; an unreadable file or a syntax error raises ``error``
+    naming the file, the line and column, and the problem."""
     try:
-        text = path.read_text()
+        text = Path(path).read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from exc
+        raise error(f"{path}: YAML syntax error{where}: {problem}") from None
 
 
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | TrackingConfig | None) -> TrackingConfig:
@@ -118,7 +121,7 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | TrackingCon
         cfg = source.model_copy(deep=True)
     else:
         if isinstance(source, (str, os.PathLike)):
-            data = _read_yaml(Path(source))
+            data = read_yaml(source)
             origin = f"{source}: tracking"
         else:
             data = source

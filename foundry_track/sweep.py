@@ -54,10 +54,9 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Callable, Final, Iterator, Literal, Mapping, Sequence, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from foundry_track.config import ConfigError
+from foundry_track.config import ConfigError, read_yaml
 from foundry_track.inspect import MissingDependency, RunDirError, is_run_dir, load_run
 from foundry_track.journal import JOURNAL_FILE, Journal
 
@@ -454,14 +453,7 @@ def parse_spec(data: Any, origin: str = "sweep") -> SweepSpec:
 
 def load_spec(path: str | os.PathLike[str]) -> tuple[SweepSpec, dict[str, Any]]:
     """The validated sweep file and its raw mapping (kept in sweep.json)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise SweepError(f"cannot read sweep file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SweepError(f"{path}: YAML syntax error{where}: {getattr(exc, 'problem', None) or exc}") from None
+    data = read_yaml(path, "sweep file", SweepError)
     return parse_spec(data, str(path)), data
 
 

@@ -37,11 +37,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 import foundry_track
 from foundry_track import TrackingConfig
+from foundry_track.config import read_yaml
 
 __all__ = [
     "ConfigError",
@@ -244,14 +244,7 @@ def _did_you_mean(model: type[BaseModel], loc: list[str]) -> str:
 
 def load_experiment(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
     """Read an experiment YAML, apply dotted ``overrides`` and validate it."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} YAML syntax error: {getattr(exc, 'problem', exc)}") from None
+    data = read_yaml(path, "config file", ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return ExperimentConfig(**apply_overrides(data, overrides or {}))
