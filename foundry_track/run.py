@@ -2,7 +2,9 @@
 
 ``Run.log`` is the hot path: it checks the values, stamps step and time, and
 appends to the journal's in-memory queue. It never does I/O and never waits on
-a backend.
+a backend. Its common call also exists in C (``foundry_track/_speedups.c``,
+built when a compiler is there at install); this module's Python is the
+reference for both.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import socket
 import string
 import threading
 import time
+import types
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Final, Mapping, Sequence
@@ -47,6 +50,32 @@ _now: Final = time.time
 _STEP_LIMIT: Final = 2**63  # SQLite's INTEGER
 _ID_ALPHABET: Final = string.ascii_lowercase + string.digits
 _live_runs: weakref.WeakSet[Run] = weakref.WeakSet()
+
+
+def _load_speedups() -> Callable[..., Any] | None:
+    """``foundry_track._speedups.FastLog``, unless it was not built or
+    ``FOUNDRY_TRACK_NO_SPEEDUPS`` asks for the Python path."""
+    if os.environ.get("FOUNDRY_TRACK_NO_SPEEDUPS", "").strip().lower() not in ("", "0", "false", "no"):
+        return None
+    try:
+        from foundry_track._speedups import FastLog
+    except ImportError:
+        return None
+    return FastLog  # type: ignore[no-any-return]
+
+
+_FastLog = _load_speedups()
+
+
+class _Gate:
+    """Whether ``run.log`` may take its short path, and the last step: the
+    Python twin of ``_speedups.FastLog``, which keeps both in C fields."""
+
+    __slots__ = ("hot", "last_step")
+
+    def __init__(self, last_step: int) -> None:
+        self.hot = False
+        self.last_step = last_step
 
 
 def _new_id() -> str:
@@ -122,14 +151,18 @@ class Run:
         self._journal = journal
         self._dispatcher = dispatcher
         self._lock = threading.Lock()
-        self._last_step = last_step
+        self._gate: Any = _Gate(last_step)
+        if journal is not None and _FastLog is not None:
+            # run.log becomes the C object (an instance attribute, found before
+            # the method); its uncommon calls go to the Python method below.
+            self._gate = self.log = _FastLog(  # type: ignore[method-assign]
+                journal.append_event, types.MethodType(Run.log, self), last_step)
         self._max_step = last_step
         self._every = config.every_n_steps
         self._warned_backwards = False
         self._finished = journal is None
         self._warned_after_finish = False
         self._warned_keys = False
-        self._hot = False
         self._append: Callable[[tuple[str, int, float, Any]], None] = lambda event: None
         if journal is not None:
             self._append = journal.append_event
@@ -183,6 +216,22 @@ class Run:
 
     # -- logging ----------------------------------------------------------- #
 
+    @property
+    def _hot(self) -> bool:
+        return bool(self._gate.hot)
+
+    @_hot.setter
+    def _hot(self, value: bool) -> None:
+        self._gate.hot = value
+
+    @property
+    def _last_step(self) -> int:
+        return int(self._gate.last_step)
+
+    @_last_step.setter
+    def _last_step(self, value: int) -> None:
+        self._gate.last_step = value
+
     def log(self, metrics: Mapping[str, Any], step: int | None = None, reduce: str | None = None) -> None:
         """Record scalars at ``step`` (default: the last step + 1). Returns in microseconds.
 
@@ -205,14 +254,17 @@ class Run:
         # it can: right after a training step the CPU caches are cold and every
         # extra branch or attribute costs a fraction of a microsecond. The rest
         # of the checks (keys, steps going back) run on the journal's thread.
-        if self._hot and reduce is None and _FAST_TYPES.issuperset(map(type, values.values())):
+        gate = self._gate
+        if gate.hot and reduce is None and _FAST_TYPES.issuperset(map(type, values.values())):
             if type(step) is not int or step >= _STEP_LIMIT or step < 0:
                 if step is not None:
                     return self._log_slow(values, step, reduce)
                 # No call between the read and the write: the GIL is not
                 # released there, so concurrent callers still get distinct steps.
-                step = self._last_step + 1
-            self._last_step = step
+                step = gate.last_step + 1
+                if step == _STEP_LIMIT:
+                    return self._log_slow(values, None, reduce)
+            gate.last_step = step
             self._append(("metrics", step, _now(), values))
             return None
         return self._log_slow(values, step, reduce)
@@ -235,7 +287,7 @@ class Run:
                 values[key] = _coerce(key, value)
         if type(step) is not int:
             step = self._last_step + 1 if step is None else _step_int(step)
-        elif not 0 <= step < _STEP_LIMIT:
+        if not 0 <= step < _STEP_LIMIT:
             raise ValueError(f"run.log: step must be in 0..2**63-1, got {step}")
         self._last_step = step
         if self._every != 1 and step % self._every:
@@ -455,9 +507,9 @@ class Run:
 def _step_int(step: Any) -> int:
     if isinstance(step, bool) or not isinstance(step, numbers.Integral):
         item = getattr(step, "item", None)
-        if item is not None and isinstance(item(), int):
-            return int(item())
-        raise TypeError(f"step must be an int, got {step!r} ({type(step).__name__})")
+        if item is None or not isinstance(item(), int):
+            raise TypeError(f"step must be an int, got {step!r} ({type(step).__name__})")
+        step = item()
     if not 0 <= step < _STEP_LIMIT:
         raise ValueError(f"step must be in 0..2**63-1, got {step}")
     return int(step)
