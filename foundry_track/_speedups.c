@@ -10,6 +10,9 @@
  * Python implementation, which stays the reference:
  * FOUNDRY_TRACK_NO_SPEEDUPS=1 uses it for every call.
  *
+ * One difference: the event's time is read from CLOCK_REALTIME directly, as
+ * time.time() does, so a patched time.time (freezegun) does not apply.
+ *
  * A FastLog is also the run's gate: `hot` (may the call take the short path)
  * and `last_step` live here, in C fields, because reading them from the run's
  * __dict__ costs a cold hash lookup each.
@@ -32,6 +35,7 @@ typedef struct {
     long long last_step;
     PyObject *append; /* the journal queue's append */
     PyObject *slow;   /* the bound Python Run.log: slow(metrics, step=None, reduce=None) */
+    PyObject *weakrefs;
 } FastLog;
 
 static PyObject *s_kind, *s_metrics, *s_step, *s_reduce, *time_time;
@@ -90,43 +94,44 @@ fastlog_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyO
     if (metrics == NULL || reduce != Py_None || !PyDict_CheckExact(metrics)) {
         goto slow;
     }
+    /* The copy is what gets checked and logged: allocating it may run the
+       garbage collector, and with it code that changes the caller's dict. */
+    copy = PyDict_Copy(metrics);
+    if (copy == NULL) {
+        return NULL;
+    }
     /* Exact float and int only (not bool, numpy scalars or tensors): those are
        converted, and bad values reported, by the Python path. */
-    while (PyDict_Next(metrics, &pos, &key, &value)) {
+    while (PyDict_Next(copy, &pos, &key, &value)) {
         if (!PyFloat_CheckExact(value) && !PyLong_CheckExact(value)) {
-            goto slow;
+            goto slow_copied;
         }
     }
+    /* From reading the step to writing it nothing allocates a container (which
+       may run the collector, and Python code that lets another thread in), so
+       concurrent callers get distinct steps. */
     if (step == Py_None) {
         if (self->last_step >= STEP_MAX) {
-            goto slow;
+            goto slow_copied;
         }
         step_value = self->last_step + 1;
         step_obj = PyLong_FromLongLong(step_value);
         if (step_obj == NULL) {
+            Py_DECREF(copy);
             return NULL;
         }
     }
     else if (PyLong_CheckExact(step)) {
         step_value = PyLong_AsLongLongAndOverflow(step, &overflow);
         if (overflow || step_value < 0) {
-            goto slow;
+            goto slow_copied;
         }
         step_obj = Py_NewRef(step);
     }
     else {
-        goto slow;
+        goto slow_copied;
     }
-    /* Taken before anything that allocates a container: such an allocation
-       may run the garbage collector, and with it Python code that lets
-       another thread in. Between the read and this write the GIL is held, so
-       concurrent callers get distinct steps. */
     self->last_step = step_value;
-    copy = PyDict_Copy(metrics);
-    if (copy == NULL) {
-        Py_DECREF(step_obj);
-        return NULL;
-    }
     now = wall_clock();
     if (now == NULL) {
         Py_DECREF(copy);
@@ -152,7 +157,13 @@ fastlog_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyO
     Py_DECREF(result);
     Py_RETURN_NONE;
 
+slow_copied:
+    Py_DECREF(copy);
 slow:
+    if (self->slow == NULL) {
+        PyErr_SetString(PyExc_ReferenceError, "run.log: the run was garbage-collected");
+        return NULL;
+    }
     return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
 }
 
@@ -203,6 +214,9 @@ static void
 fastlog_dealloc(FastLog *self)
 {
     PyObject_GC_UnTrack(self);
+    if (self->weakrefs != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
     fastlog_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -255,25 +269,33 @@ fastlog_set_last_step(FastLog *self, PyObject *value, void *closure)
     return 0;
 }
 
-/* help(run.log) and inspect.signature(run.log) show the Python method's. */
+/* The bound method's attributes (__doc__, __name__, __self__, ...), so that
+   help(run.log), inspect.signature(run.log) and code that looks at a bound
+   method see the Python one; closure is the attribute's name. */
 static PyObject *
-fastlog_get_wrapped(FastLog *self, void *closure)
+fastlog_get_forwarded(FastLog *self, void *closure)
 {
-    return Py_NewRef(self->slow);
-}
-
-static PyObject *
-fastlog_get_doc(FastLog *self, void *closure)
-{
-    return PyObject_GetAttrString(self->slow, "__doc__");
+    if (self->slow == NULL) {
+        PyErr_SetString(PyExc_ReferenceError, "run.log: the run was garbage-collected");
+        return NULL;
+    }
+    if (closure == NULL) {
+        return Py_NewRef(self->slow);
+    }
+    return PyObject_GetAttrString(self->slow, (const char *)closure);
 }
 
 static PyGetSetDef fastlog_getset[] = {
     {"hot", (getter)fastlog_get_hot, (setter)fastlog_set_hot, "may the next call take the short path", NULL},
     {"last_step", (getter)fastlog_get_last_step, (setter)fastlog_set_last_step, "the step of the last call",
      NULL},
-    {"__wrapped__", (getter)fastlog_get_wrapped, NULL, "the Python implementation", NULL},
-    {"__doc__", (getter)fastlog_get_doc, NULL, NULL, NULL},
+    {"__wrapped__", (getter)fastlog_get_forwarded, NULL, "the Python implementation (a bound method)", NULL},
+    {"__doc__", (getter)fastlog_get_forwarded, NULL, NULL, "__doc__"},
+    {"__name__", (getter)fastlog_get_forwarded, NULL, NULL, "__name__"},
+    {"__qualname__", (getter)fastlog_get_forwarded, NULL, NULL, "__qualname__"},
+    {"__module__", (getter)fastlog_get_forwarded, NULL, NULL, "__module__"},
+    {"__self__", (getter)fastlog_get_forwarded, NULL, NULL, "__self__"},
+    {"__func__", (getter)fastlog_get_forwarded, NULL, NULL, "__func__"},
     {NULL},
 };
 
@@ -288,6 +310,7 @@ static PyTypeObject FastLogType = {
     .tp_traverse = (traverseproc)fastlog_traverse,
     .tp_clear = (inquiry)fastlog_clear,
     .tp_getset = fastlog_getset,
+    .tp_weaklistoffset = offsetof(FastLog, weakrefs),
     .tp_new = fastlog_new,
 };
 

@@ -152,11 +152,12 @@ class Run:
         self._dispatcher = dispatcher
         self._lock = threading.Lock()
         self._gate: Any = _Gate(last_step)
-        if journal is not None and _FastLog is not None:
+        if journal is not None and _FastLog is not None and type(self).log is _PYTHON_LOG:
             # run.log becomes the C object (an instance attribute, found before
             # the method); its uncommon calls go to the Python method below.
+            # A subclass that overrides log keeps its own.
             self._gate = self.log = _FastLog(  # type: ignore[method-assign]
-                journal.append_event, types.MethodType(Run.log, self), last_step)
+                journal.append_event, types.MethodType(_PYTHON_LOG, self), last_step)
         self._max_step = last_step
         self._every = config.every_n_steps
         self._warned_backwards = False
@@ -285,11 +286,14 @@ class Run:
         for key, value in values.items():
             if type(value) not in _FAST_TYPES:
                 values[key] = _coerce(key, value)
+        # The gate, not the _last_step property: a property call between the
+        # read and the write would let another thread take the same step.
+        gate = self._gate
         if type(step) is not int:
-            step = self._last_step + 1 if step is None else _step_int(step)
+            step = gate.last_step + 1 if step is None else _step_int(step)
         if not 0 <= step < _STEP_LIMIT:
             raise ValueError(f"run.log: step must be in 0..2**63-1, got {step}")
-        self._last_step = step
+        gate.last_step = step
         if self._every != 1 and step % self._every:
             return
         journal.append("metrics", step, _now(), values)
@@ -502,6 +506,9 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<foundry_track.Run id={self.id} dir={self.dir}>" if self.enabled else "<foundry_track.Run disabled>"
+
+
+_PYTHON_LOG: Final = Run.log  # what run.log falls back to, and the reference for the C one
 
 
 def _step_int(step: Any) -> int:

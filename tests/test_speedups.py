@@ -133,13 +133,17 @@ def test_the_run_uses_the_c_log_when_built(rec: dict, impl: str) -> None:
         assert run.log.__doc__ == ft.Run.log.__doc__
 
 
-def test_concurrent_callers_get_distinct_steps(rec: dict, impl: str) -> None:
+@pytest.mark.parametrize("values", ["floats", "bools", "mixed"])
+def test_concurrent_callers_get_distinct_steps(rec: dict, impl: str, values: str) -> None:
+    """floats take the short path, bools the Python path (converted); mixed:
+    two threads on each."""
     with ft.init(rec) as run:
-        def worker() -> None:
+        def worker(value: Any) -> None:
             for _ in range(2000):
-                run.log({"x": 1.0})
+                run.log({"x": value})
 
-        threads = [threading.Thread(target=worker) for _ in range(4)]
+        kinds = {"floats": [1.0] * 4, "bools": [True] * 4, "mixed": [1.0, True, 1.0, np.float32(1)]}[values]
+        threads = [threading.Thread(target=worker, args=(v,)) for v in kinds]
         for t in threads:
             t.start()
         for t in threads:
@@ -172,3 +176,65 @@ def test_the_switch_selects_the_python_log() -> None:
     env = {**os.environ, "FOUNDRY_TRACK_NO_SPEEDUPS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+def test_a_value_changed_while_the_call_runs_is_checked_as_logged(rec: dict, impl: str) -> None:
+    """A finalizer run by the garbage collector inside the call changes the
+    caller's dict: what reaches the journal is what was checked."""
+    import gc
+
+    with ft.init(rec) as run:
+        metrics = {"loss": 1.0, "a": 1.0, "b": 1.0, "c": 1.0}
+        del metrics["a"], metrics["b"], metrics["c"]  # a copy of this dict allocates before copying
+
+        class Mutator:
+            def __del__(self) -> None:
+                metrics["loss"] = "not a number"
+
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(200):
+                cycle = Mutator()
+                cycle.self = cycle  # type: ignore[attr-defined]
+            del cycle
+            keep = [{} for _ in range(200)]  # noqa: F841 - pushes the collector to its threshold
+            gc.set_threshold(1)
+            gc.enable()
+            try:
+                run.log(metrics, step=7)
+            except TypeError as exc:
+                assert "'loss'" in str(exc)
+        finally:
+            gc.set_threshold(700)
+            gc.enable()
+        directory = run.dir
+    logged = [p.value for p in metric_points(directory)]
+    assert all(isinstance(v, (int, float)) for v in logged), logged
+
+
+def test_a_subclass_that_overrides_log_keeps_it(rec: dict, impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict] = []
+
+    class MyRun(ft.Run):
+        def log(self, metrics: Any, step: int | None = None, reduce: str | None = None) -> None:
+            calls.append(dict(metrics))
+            super().log({f"mine/{k}": v for k, v in metrics.items()}, step, reduce)
+
+    monkeypatch.setattr(run_module, "Run", MyRun)  # init() builds run_module.Run
+    run = ft.init(rec)
+    assert isinstance(run, MyRun)
+    run.log({"loss": 1.0}, step=0)
+    run.finish()
+    assert calls == [{"loss": 1.0}]
+    assert [p.key for p in metric_points(run.dir)] == ["mine/loss"]
+
+
+def test_run_log_looks_like_a_bound_method(rec: dict, impl: str) -> None:
+    import weakref
+
+    with ft.init(rec) as run:
+        log = run.log
+        assert (log.__name__, log.__qualname__, log.__self__) == ("log", "Run.log", run)
+        assert log.__func__ is ft.Run.log
+        assert weakref.ref(log)() is log
