@@ -35,6 +35,7 @@ typedef struct {
     long long last_step;
     PyObject *append; /* the journal queue's append */
     PyObject *slow;   /* the bound Python Run.log: slow(metrics, step=None, reduce=None) */
+    PyObject *slow_values; /* the bound Run._log_slow(values, step, reduce): values is our copy */
     PyObject *weakrefs;
 } FastLog;
 
@@ -68,6 +69,10 @@ fastlog_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyO
     long long step_value;
     int overflow;
 
+    if (self->slow == NULL) { /* only after the collector cleared it: unreachable in practice */
+        PyErr_SetString(PyExc_ReferenceError, "run.log: the run was garbage-collected");
+        return NULL;
+    }
     if (!self->hot || nargs > 3) {
         goto slow;
     }
@@ -158,28 +163,31 @@ fastlog_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyO
     Py_RETURN_NONE;
 
 slow_copied:
-    Py_DECREF(copy);
-slow:
-    if (self->slow == NULL) {
-        PyErr_SetString(PyExc_ReferenceError, "run.log: the run was garbage-collected");
-        return NULL;
+    /* A value to convert or a step to check: Run._log_slow takes it from
+       here, with the copy already made (what Run.log would do next). */
+    {
+        PyObject *slow_args[3] = {copy, step, reduce};
+        result = PyObject_Vectorcall(self->slow_values, slow_args, 3, NULL);
+        Py_DECREF(copy);
+        return result;
     }
+slow:
     return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
 }
 
 static PyObject *
 fastlog_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"append", "slow", "last_step", NULL};
-    PyObject *append, *slow;
+    static char *names[] = {"append", "slow", "slow_values", "last_step", NULL};
+    PyObject *append, *slow, *slow_values;
     long long last_step = -1;
     FastLog *self;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|L:FastLog", names, &append, &slow, &last_step)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|L:FastLog", names, &append, &slow, &slow_values, &last_step)) {
         return NULL;
     }
-    if (!PyCallable_Check(append) || !PyCallable_Check(slow)) {
-        PyErr_SetString(PyExc_TypeError, "FastLog(append, slow): both must be callable");
+    if (!PyCallable_Check(append) || !PyCallable_Check(slow) || !PyCallable_Check(slow_values)) {
+        PyErr_SetString(PyExc_TypeError, "FastLog(append, slow, slow_values): all must be callable");
         return NULL;
     }
     self = (FastLog *)type->tp_alloc(type, 0);
@@ -191,6 +199,7 @@ fastlog_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->last_step = last_step;
     self->append = Py_NewRef(append);
     self->slow = Py_NewRef(slow);
+    self->slow_values = Py_NewRef(slow_values);
     return (PyObject *)self;
 }
 
@@ -199,6 +208,7 @@ fastlog_traverse(FastLog *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->append);
     Py_VISIT(self->slow);
+    Py_VISIT(self->slow_values);
     return 0;
 }
 
@@ -207,6 +217,7 @@ fastlog_clear(FastLog *self)
 {
     Py_CLEAR(self->append);
     Py_CLEAR(self->slow);
+    Py_CLEAR(self->slow_values);
     return 0;
 }
 

@@ -157,7 +157,7 @@ class Run:
             # the method); its uncommon calls go to the Python method below.
             # A subclass that overrides log keeps its own.
             self._gate = self.log = _FastLog(  # type: ignore[method-assign]
-                journal.append_event, types.MethodType(_PYTHON_LOG, self), last_step)
+                journal.append_event, types.MethodType(_PYTHON_LOG, self), self._log_slow, last_step)
         self._max_step = last_step
         self._every = config.every_n_steps
         self._warned_backwards = False
