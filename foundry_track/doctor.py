@@ -701,6 +701,23 @@ def _backend(name: str, raw: Mapping[str, Any], found: Mapping[str, Any]) -> tup
     return findings, True
 
 
+def _run_log_implementation() -> Finding:
+    """Which run.log this install has: the C common call, or Python only."""
+    from foundry_track.run import _FastLog
+
+    if _FastLog is not None:
+        return Finding("general", "run.log", "ok", "run.log: its common call runs in C (foundry_track._speedups)")
+    try:
+        import foundry_track._speedups  # noqa: F401
+    except ImportError:
+        return Finding("general", "run.log", "info",
+                       "run.log: Python only; the optional C version was not built (no C compiler or Python headers "
+                       "at install), so each call costs a few us more right after a training step",
+                       "install a C compiler and the Python headers (e.g. build-essential python3-dev), then reinstall: "
+                       "pip install --force-reinstall --no-deps foundry-track (pip install -e . in a checkout)")
+    return Finding("general", "run.log", "info", "run.log: Python only, because FOUNDRY_TRACK_NO_SPEEDUPS is set")
+
+
 def run_doctor(config: str | os.PathLike[str] | None, *, timeout: float = 3.0, min_free_gb: float = 1.0) -> Report:
     """Check the tracking setup of ``config`` (a YAML path; default: the built-in
     defaults plus environment overrides). Raises ConfigError for a bad config."""
@@ -720,6 +737,7 @@ def run_doctor(config: str | os.PathLike[str] | None, *, timeout: float = 3.0, m
     report.add(Finding("general", "start", "ok", f"a backend that cannot start does not block training: each "
                        f"starts on its own thread; after start_timeout {cfg.start_timeout:g} s {fallback_text}",
                        answers=(HANGS,)))
+    report.add(_run_log_implementation())
     found = discover()
     for name in names:
         raw = cfg.backends.get(name) or {}

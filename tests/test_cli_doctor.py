@@ -269,3 +269,17 @@ def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert plugin["level"] == "error" and "pip install 'foundry-track[nosuchtracker]'" in plugin["fix"]
     code, report, _ = _doctor(capsys, _config(tmp_path, {"mlflow": {"tracking_urii": "x"}}))
     assert code == 1 and "tracking_uri" in _find(report, "mlflow", "options")[0]["message"]
+
+
+def test_the_run_log_implementation_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import foundry_track.run as run_module
+
+    config = _config(tmp_path, {"tensorboard": {}})
+    _, report, _ = _doctor(capsys, config)
+    [finding] = _find(report, "general", "run.log")
+    assert (finding["level"] == "ok") == (run_module._FastLog is not None), finding
+    monkeypatch.setattr(run_module, "_FastLog", None)
+    _, report, text = _doctor(capsys, config)
+    [finding] = _find(report, "general", "run.log")
+    assert finding["level"] == "info" and "Python only" in finding["message"]
