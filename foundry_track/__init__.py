@@ -18,9 +18,16 @@ import pluggy
 from foundry_track.hookspecs import PROJECT_NAME
 
 if TYPE_CHECKING:
-    from foundry_track.config import ConfigError, TrackingConfig
-    from foundry_track.dispatcher import BackendError, TransientError
-    from foundry_track.plugins import PluginError
+    from foundry_track.config import TrackingConfig
+    from foundry_track.errors import (
+        BackendError,
+        ConfigError,
+        FoundryTrackError,
+        MissingDependency,
+        PluginError,
+        RunDirError,
+        TransientError,
+    )
     from foundry_track.run import Run, init, sync
 
 __all__ = [
@@ -28,10 +35,13 @@ __all__ = [
     "sync",
     "Run",
     "TrackingConfig",
+    "FoundryTrackError",
     "ConfigError",
     "PluginError",
     "BackendError",
     "TransientError",
+    "RunDirError",
+    "MissingDependency",
     "hookimpl",
     "__version__",
 ]
@@ -46,10 +56,13 @@ _LAZY = {
     "sync": "foundry_track.run",
     "Run": "foundry_track.run",
     "TrackingConfig": "foundry_track.config",
-    "ConfigError": "foundry_track.config",
-    "PluginError": "foundry_track.plugins",
-    "BackendError": "foundry_track.dispatcher",
-    "TransientError": "foundry_track.dispatcher",
+    "FoundryTrackError": "foundry_track.errors",
+    "ConfigError": "foundry_track.errors",
+    "PluginError": "foundry_track.errors",
+    "BackendError": "foundry_track.errors",
+    "TransientError": "foundry_track.errors",
+    "RunDirError": "foundry_track.errors",
+    "MissingDependency": "foundry_track.errors",
 }
 
 

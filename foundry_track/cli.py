@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:
-    from foundry_track.inspect import RunSummary
+    from foundry_track.history import RunSummary
 
 __all__ = ["main"]
 
@@ -230,7 +230,7 @@ def _runs_root(value: str | None) -> Path:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from foundry_track.inspect import load_runs
+    from foundry_track.history import load_runs
 
     root = _runs_root(args.dir)
     runs, broken = load_runs(root)
@@ -263,13 +263,13 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _resolve(ref: str, root: str | None) -> Path:
-    from foundry_track.inspect import resolve_run
+    from foundry_track.history import resolve_run
 
     return resolve_run(ref, root or _default_dir())
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from foundry_track.inspect import load_run, local_copies, mask_url, scan
+    from foundry_track.history import load_run, local_copies, mask_url, scan
     from foundry_track.params import flatten
 
     path = _resolve(args.run, args.dir)
@@ -429,7 +429,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _cmd_clean(args: argparse.Namespace) -> int:
     import shutil
 
-    from foundry_track.inspect import load_runs, parse_age, plan_clean
+    from foundry_track.history import load_runs, parse_age, plan_clean
 
     if args.synced_only and args.force:
         raise CliError("--synced-only and --force contradict each other: --synced-only never removes "
@@ -720,7 +720,7 @@ def _exit_code(exc: BaseException) -> int | None:
     """
     from foundry_track.config import ConfigError
     from foundry_track.export import ExportError
-    from foundry_track.inspect import MissingDependency, RunDirError
+    from foundry_track.history import MissingDependency, RunDirError
     from foundry_track.plot import PlotError
     from foundry_track.plugins import PluginError
 

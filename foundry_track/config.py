@@ -7,7 +7,6 @@ names the field, the value and the fix.
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -16,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # Re-exported: they live in a pydantic-free module so the CLI can use them cheaply.
+from foundry_track.errors import ConfigError, format_validation_error
 from foundry_track.params import REDACTED, flatten, is_secret_key, redact
 
 __all__ = [
@@ -27,10 +27,6 @@ __all__ = [
     "REDACTED",
 ]
 
-
-
-class ConfigError(ValueError):
-    """The tracking configuration is wrong; the message says where and how to fix it."""
 
 
 class TrackingConfig(BaseModel):
@@ -61,31 +57,6 @@ class TrackingConfig(BaseModel):
     per_rank: bool = Field(False, description="Under torchrun: every rank logs its own run `<run>-rank<N>`, grouped; default: rank 0 logs for the job.", examples=[False])
     strict: bool = Field(False, description="Re-raise backend errors instead of isolating them (tests, plugin authors).", examples=[False])
     delivery: Literal["thread", "process"] = Field("thread", description="Where the backends run: `thread` (a thread per backend in the training process) or `process` (a separate delivery process reading the journal, so the trackers' SDKs never share the training process's interpreter). `FOUNDRY_TRACK_DELIVERY` overrides it.", examples=["process"])
-
-
-def _closest(key: str, candidates: list[str]) -> str:
-    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
-    return f"; did you mean {match[0]!r}?" if match else f"; valid keys: {', '.join(sorted(candidates))}"
-
-
-def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: str) -> str:
-    """Turn pydantic's errors into lines that name the path, the value and the fix."""
-    lines = []
-    for err in exc.errors():
-        loc = [str(part) for part in err["loc"]]
-        path = ".".join([prefix, *loc]) if prefix else ".".join(loc)
-        if err["type"] == "extra_forbidden":
-            # Walk the model to find the valid siblings of the unknown key.
-            target: Any = model
-            for part in loc[:-1]:
-                field = getattr(target, "model_fields", {}).get(part)
-                target = getattr(field, "annotation", None)
-            fields = list(getattr(target, "model_fields", {}) or {})
-            lines.append(f"unknown key {path!r}{_closest(loc[-1], fields)}")
-        else:
-            value = err.get("input")
-            lines.append(f"{path}: {err['msg']} (got {value!r})")
-    return "\n".join(lines)
 
 
 def read_yaml(path: str | os.PathLike[str], what: str = "config file",

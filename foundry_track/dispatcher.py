@@ -20,6 +20,7 @@ from typing import Any, Callable, Final, Iterator, Mapping
 
 from pydantic import BaseModel
 
+from foundry_track.errors import BackendError, TransientError
 from foundry_track.events import (
     AlertEvent,
     ArtifactEvent,
@@ -40,14 +41,6 @@ _log = logging.getLogger("foundry_track")
 BATCH_LIMIT: Final = 2000  # records per read: bounds a lagging backend's memory
 _MAX_PERMANENT_ATTEMPTS: Final = 3
 _BACKOFF_CAP: Final = 10.0  # a server back from an outage is used again within 10 s
-
-
-class TransientError(Exception):
-    """Raise from a hook for an error worth retrying (server busy, network down)."""
-
-
-class BackendError(RuntimeError):
-    """A backend failed and the run is ``strict``."""
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Final, Literal, Mapping, Sequence
 
-from foundry_track.inspect import mask_url
+from foundry_track.history import mask_url
 
 __all__ = ["Finding", "Report", "GUIDE_ISSUES", "run_doctor", "probe", "Probe", "mask_url"]
 
@@ -373,7 +373,7 @@ _RECENT_RUNS: Final = 200
 
 def _earlier_runs(root: Path, every_n_steps: int) -> list[Finding]:
     """Rate-limit errors and undelivered events that runs under ``root`` recorded."""
-    from foundry_track.inspect import RUN_FILE, RunDirError, find_runs, load_run
+    from foundry_track.history import RUN_FILE, RunDirError, find_runs, load_run
 
     if not root.is_dir():
         return [Finding("general", "rate-limit", "ok", f"no runs under {root} yet: no rate-limit errors recorded; "

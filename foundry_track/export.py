@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any, Callable, Final, Iterable, Iterator, Literal, Sequence
 
-from foundry_track.inspect import MissingDependency, metric_points
+from foundry_track.history import MissingDependency, metric_points
 
 __all__ = ["FORMATS", "LAYOUTS", "ExportError", "export_run", "INSTALL_PARQUET"]
 

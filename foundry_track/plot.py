@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, Sequence
 
-from foundry_track.inspect import MissingDependency, RunDirError, load_run, metric_series
+from foundry_track.history import MissingDependency, RunDirError, load_run, metric_series
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -187,7 +187,7 @@ def plot_runs(
 
 
 def _unknown_metrics(missing: Sequence[str], runs: Sequence[Path]) -> str:
-    from foundry_track.inspect import scan
+    from foundry_track.history import scan
 
     known: set[str] = set()
     for run in runs:

@@ -23,6 +23,7 @@ import pluggy
 from pydantic import BaseModel, ConfigDict
 
 from foundry_track import hookspecs
+from foundry_track.errors import PluginError
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -37,10 +38,6 @@ __all__ = [
 ENTRY_POINT_GROUP: Final = "foundry_track"
 HOOK_NAMES: Final = tuple(hookspecs.__all__)
 _log = logging.getLogger("foundry_track")
-
-
-class PluginError(RuntimeError):
-    """A backend plugin could not be loaded or does not follow the contract."""
 
 
 class NoOptions(BaseModel):

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Callable, Final, Iterator, Literal, Mappi
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from foundry_track.config import ConfigError, read_yaml
-from foundry_track.inspect import MissingDependency, RunDirError, is_run_dir, load_run
+from foundry_track.history import MissingDependency, RunDirError, is_run_dir, load_run
 from foundry_track.journal import JOURNAL_FILE, Journal
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from foundry_track.cli import main
-from foundry_track.inspect import load_run, metric_series, scan
+from foundry_track.history import load_run, metric_series, scan
 from foundry_track.sweep import (
     STATE_FILE,
     SweepError,

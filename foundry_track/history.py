@@ -16,50 +16,48 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import sqlite3
 import time
 import urllib.parse
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
+from foundry_track.errors import MissingDependency, RunDirError
 from foundry_track.journal import JOURNAL_FILE, Journal
+from foundry_track.rundir import (
+    RUN_FILE,
+    find_runs,
+    is_run_dir,
+    load_run_file,
+    process_state,
+)
 
 __all__ = [
     "RUN_FILE",
-    "RunDirError",
-    "MissingDependency",
     "BackendState",
-    "RunSummary",
+    "CleanDecision",
     "MetricPoint",
     "MetricStats",
+    "MissingDependency",
     "RunContents",
-    "is_run_dir",
+    "RunDirError",
+    "RunSummary",
     "find_runs",
+    "is_run_dir",
     "load_run",
     "load_runs",
-    "resolve_run",
-    "metric_points",
-    "metric_series",
-    "scan",
     "local_copies",
     "mask_url",
-    "CleanDecision",
+    "metric_points",
+    "metric_series",
     "parse_age",
     "plan_clean",
+    "resolve_run",
+    "scan",
 ]
 
-RUN_FILE: Final = "run.json"  # = foundry_track.run.RUN_FILE; not imported, that module pulls in pydantic
-_MAX_DEPTH: Final = 4  # how deep `find_runs` looks below DIR (per-rank runs sit one level down)
-
-
-class RunDirError(ValueError):
-    """A path or reference that is not a readable foundry-track run; the message says why."""
-
-
-class MissingDependency(RuntimeError):
-    """An optional package (matplotlib, pyarrow) is not installed; the message has the install command."""
 
 
 # --------------------------------------------------------------------------- #
@@ -175,69 +173,6 @@ class RunSummary:
         }
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / RUN_FILE).is_file() and (path / JOURNAL_FILE).is_file()
-
-
-def find_runs(root: Path) -> list[Path]:
-    """Every run directory below ``root`` (or ``root`` itself), sorted by path.
-
-    A run directory is not descended into (it holds TensorBoard and W&B files,
-    maybe thousands); per-rank runs (``<run>/rank<N>``) sit below a folder that
-    is not itself a run, so they are found.
-    """
-    root = Path(root)
-    if is_run_dir(root):
-        return [root]
-    found: list[Path] = []
-    base_depth = len(root.parts)
-    for current, dirs, _files in os.walk(root):
-        here = Path(current)
-        if is_run_dir(here):
-            found.append(here)
-            dirs.clear()
-            continue
-        if len(here.parts) - base_depth >= _MAX_DEPTH:
-            dirs.clear()
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-    return sorted(found)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunDirError(f"{path.parent} is not a foundry-track run directory (no {RUN_FILE})") from None
-    except (OSError, ValueError) as exc:
-        raise RunDirError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict) or "id" not in data:
-        raise RunDirError(f"{path} is not a foundry-track {RUN_FILE} (no run id in it)")
-    return data
-
-
-def _process_state(data: Mapping[str, Any]) -> str:
-    """The same rule as ``foundry_track.run._process_alive``, plus what we cannot know.
-
-    A run on another host cannot be checked from here: it is shown as
-    ``running?`` rather than guessed dead.
-    """
-    status = str(data.get("status") or "unknown")
-    if status != "running":
-        return status
-    if data.get("host") != socket.gethostname():
-        return "running?"
-    pid = data.get("pid")
-    if not pid:
-        return "crashed"
-    try:
-        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
-    except PermissionError:  # it exists, owned by another user
-        return "running"
-    except (ProcessLookupError, ValueError, OverflowError):
-        return "crashed"
-    return "running"
-
-
 def open_journal(run_dir: Path) -> Journal:
     """The run's journal, read-only. Raises RunDirError if it cannot be read."""
     try:
@@ -251,7 +186,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunSummary:
     path = Path(run_dir).resolve()
     if not path.is_dir():
         raise RunDirError(f"{run_dir} is not a directory")
-    data = _read_json(path / RUN_FILE)
+    data = load_run_file(path)
     if not (path / JOURNAL_FILE).is_file():
         raise RunDirError(f"{path} has {RUN_FILE} but no {JOURNAL_FILE}; it is not a foundry-track run directory")
     journal = open_journal(path)
@@ -284,7 +219,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunSummary:
     return RunSummary(
         dir=path, id=str(data["id"]), name=str(data.get("name") or data["id"]), project=data.get("project"),
         entity=data.get("entity"), group=data.get("group"), tags=tuple(data.get("tags") or ()),
-        notes=data.get("notes"), status=str(data.get("status") or "unknown"), state=_process_state(data),
+        notes=data.get("notes"), status=str(data.get("status") or "unknown"), state=process_state(data),
         host=data.get("host"), pid=data.get("pid"), started=data.get("started"), finished=data.get("finished"),
         last_event=tail[0].time if tail else None, last_step=last_step, events=last, backends=backends, raw=data,
     )
@@ -482,7 +417,7 @@ class MetricStats:
     max: float | int | None = None
     non_finite: int = 0
 
-    def add(self, step: int, value: float | int) -> None:
+    def add(self, step: int, value: float) -> None:
         self.count += 1
         if self.first_step is None:
             self.first_step = step

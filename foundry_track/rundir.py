@@ -1,0 +1,184 @@
+"""The run directory and its ``run.json``: the one module that reads and writes them.
+
+A run directory holds ``run.json`` (the run's identity, its backends' options
+with secrets redacted, each backend's own run identity, the status) next to
+``journal.db`` (every event, and each backend's delivered position) and the
+local backends' files. ``run.json`` is replaced atomically, so a reader sees
+the old file or the new one, never half of one.
+
+No pydantic, no plugins: ``foundry-track runs`` reads run directories through
+this module on a login node and answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import socket
+import string
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from foundry_track.errors import RunDirError
+
+__all__ = [
+    "JOURNAL_FILE",
+    "RUN_FILE",
+    "find_runs",
+    "is_run_dir",
+    "load_run_file",
+    "new_run_id",
+    "process_alive",
+    "process_state",
+    "read_run_file",
+    "save_identity",
+    "slug",
+    "update_run_file",
+    "write_run_file",
+]
+
+RUN_FILE: Final = "run.json"
+JOURNAL_FILE: Final = "journal.db"  # the journal module's name for it; kept here so readers need no SQLite code
+_MAX_DEPTH: Final = 4  # how deep `find_runs` looks below a folder (per-rank runs sit one level down)
+_ID_ALPHABET: Final = string.ascii_lowercase + string.digits
+# One lock for the read-modify-write of run.json by the threads of one process
+# (the workers save their identities while the run updates its status).
+_lock = threading.Lock()
+
+
+# --------------------------------------------------------------------------- #
+# run.json
+# --------------------------------------------------------------------------- #
+
+
+def read_run_file(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``run.json`` as a dict; ``{}`` when there is none yet (a new run)."""
+    try:
+        data = json.loads((Path(run_dir) / RUN_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_run_file(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``run.json`` of an existing run; :class:`RunDirError` says why it cannot be read."""
+    path = Path(run_dir) / RUN_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{path.parent} is not a foundry-track run directory (no {RUN_FILE})") from None
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict) or "id" not in data:
+        raise RunDirError(f"{path} is not a foundry-track {RUN_FILE} (no run id in it)")
+    return data
+
+
+def write_run_file(run_dir: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
+    path = Path(run_dir) / RUN_FILE
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)  # atomic: a crash leaves the old or the new file, never half
+
+
+def update_run_file(run_dir: str | os.PathLike[str], **changes: Any) -> None:
+    """Set top-level keys of ``run.json``, keeping the others."""
+    with _lock:
+        data = read_run_file(run_dir)
+        data.update(changes)
+        write_run_file(run_dir, data)
+
+
+def save_identity(run_dir: str | os.PathLike[str], name: str, identity: Mapping[str, str]) -> None:
+    """Record one backend's run identity (what ``tracker_start`` returned) for resume and sync."""
+    with _lock:
+        data = read_run_file(run_dir)
+        data.setdefault("backend_ids", {})[name] = dict(identity)
+        write_run_file(run_dir, data)
+
+
+def add_backend(run_dir: str | os.PathLike[str], name: str, options: Mapping[str, Any]) -> None:
+    """Record a backend the run added after it started (the fallback)."""
+    with _lock:
+        data = read_run_file(run_dir)
+        data.setdefault("backends", {})[name] = dict(options)
+        write_run_file(run_dir, data)
+
+
+# --------------------------------------------------------------------------- #
+# Is the process that writes a run still there?
+# --------------------------------------------------------------------------- #
+
+
+def process_alive(data: Mapping[str, Any]) -> bool:
+    """Whether the process named in ``run.json`` is alive (on this host; another
+    host's process counts as not alive here)."""
+    return process_state({**data, "status": "running"}) == "running"
+
+
+def process_state(data: Mapping[str, Any]) -> str:
+    """The run's status, with ``running`` checked against the process table:
+    ``crashed`` when its process is gone, ``running?`` when it ran on another
+    host (it cannot be checked from here, so it is not guessed dead)."""
+    status = str(data.get("status") or "unknown")
+    if status != "running":
+        return status
+    if data.get("host") != socket.gethostname():
+        return "running?"
+    pid = data.get("pid")
+    if not pid:
+        return "crashed"
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except PermissionError:  # it exists, owned by another user
+        return "running"
+    except (ProcessLookupError, ValueError, OverflowError):
+        return "crashed"
+    return "running"
+
+
+# --------------------------------------------------------------------------- #
+# Finding and naming run directories
+# --------------------------------------------------------------------------- #
+
+
+def is_run_dir(path: str | os.PathLike[str]) -> bool:
+    path = Path(path)
+    return (path / RUN_FILE).is_file() and (path / JOURNAL_FILE).is_file()
+
+
+def find_runs(root: str | os.PathLike[str]) -> list[Path]:
+    """Every run directory below ``root`` (or ``root`` itself), sorted by path.
+
+    A run directory is not descended into (it holds TensorBoard and W&B files,
+    maybe thousands); per-rank runs (``<run>/rank<N>``) sit below a folder that
+    is not itself a run, so they are found.
+    """
+    root = Path(root)
+    if is_run_dir(root):
+        return [root]
+    found: list[Path] = []
+    base_depth = len(root.parts)
+    for current, dirs, _files in os.walk(root):
+        here = Path(current)
+        if is_run_dir(here):
+            found.append(here)
+            dirs.clear()
+            continue
+        if len(here.parts) - base_depth >= _MAX_DEPTH:
+            dirs.clear()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    return sorted(found)
+
+
+def new_run_id() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+
+
+def slug(name: str) -> str:
+    """A run name as a folder name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
