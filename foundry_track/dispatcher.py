@@ -150,9 +150,7 @@ class Worker:
         timer.daemon = True
         timer.start()
         try:
-            identity = self.hooks.call(
-                "tracker_start", run=d.run_info, options=self.options, resume_state=dict(self.resume_state)
-            )
+            identity = self.hooks.start(d.run_info, self.options, self.resume_state)
         except Exception as exc:  # noqa: BLE001
             timer.cancel()
             if self.state == "starting":
@@ -164,7 +162,7 @@ class Worker:
             # The timeout fired first and the fallback took over: close what the
             # backend opened late, so no remote run stays RUNNING.
             try:
-                self.hooks.call("tracker_finish", status="killed")
+                self.hooks.finish("killed")
             except Exception:  # noqa: BLE001
                 _log.debug("backend %r: closing a late start failed", self.name, exc_info=True)
             return False
@@ -213,7 +211,7 @@ class Worker:
         while True:
             started = time.perf_counter()
             try:
-                self.hooks.call(hook, **kwargs)
+                self.hooks._call(hook, **kwargs)  # TODO typed
             except Exception as exc:  # noqa: BLE001
                 self.stats.errors += 1
                 attempt += 1
@@ -245,7 +243,7 @@ class Worker:
         if self.state not in ("finished", "gave_up") or self.abandon.is_set():
             return
         try:
-            self.hooks.call("tracker_finish", status=self.dispatcher.status)
+            self.hooks.finish(self.dispatcher.status)
         except Exception as exc:  # noqa: BLE001
             self.dispatcher.report(self, "tracker_finish", exc, 0)
 

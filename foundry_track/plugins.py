@@ -17,13 +17,28 @@ import traceback
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
-from typing import Any, Callable, Final, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Final, Mapping, Sequence, cast
 
 import pluggy
 from pydantic import BaseModel, ConfigDict
 
 from foundry_track import hookspecs
 from foundry_track.errors import PluginError
+
+if TYPE_CHECKING:
+    from foundry_track.events import (
+        AlertEvent,
+        ArtifactEvent,
+        DoctorCheck,
+        HistogramEvent,
+        ImageEvent,
+        MetricRow,
+        ParamValue,
+        RunInfo,
+        Status,
+        TableEvent,
+        TextEvent,
+    )
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -217,7 +232,7 @@ class BackendHooks:
         for hook in self.implemented:
             self._callers[hook] = pm.subset_hook_caller(hook, others) if others else getattr(pm.hook, hook)
 
-    def call(self, hook: str, **kwargs: Any) -> Any:
+    def _call(self, hook: str, **kwargs: Any) -> Any:
         caller = self._callers.get(hook)
         if caller is None:
             return None
@@ -226,3 +241,46 @@ class BackendHooks:
         if isinstance(result, list):
             return result[0] if result else None
         return result
+
+    # One typed method per hook, so mypy checks every call site; a hook the
+    # backend does not implement is a no-op returning None.
+
+    def options_model(self) -> type[BaseModel] | None:
+        return cast("type[BaseModel] | None", self._call("tracker_options_model"))
+
+    def unavailable(self) -> str | None:
+        return cast("str | None", self._call("tracker_unavailable"))
+
+    def doctor(self, options: BaseModel) -> list[DoctorCheck]:
+        return list(self._call("tracker_doctor", options=options) or [])
+
+    def start(self, run: RunInfo, options: BaseModel, resume_state: Mapping[str, str]) -> Mapping[str, Any] | None:
+        return cast("Mapping[str, Any] | None",
+                    self._call("tracker_start", run=run, options=options, resume_state=dict(resume_state)))
+
+    def log_metrics(self, rows: Sequence[MetricRow]) -> None:
+        self._call("tracker_log_metrics", rows=rows)
+
+    def log_params(self, params: Mapping[str, ParamValue]) -> None:
+        self._call("tracker_log_params", params=params)
+
+    def log_image(self, image: ImageEvent) -> None:
+        self._call("tracker_log_image", image=image)
+
+    def log_histogram(self, histogram: HistogramEvent) -> None:
+        self._call("tracker_log_histogram", histogram=histogram)
+
+    def log_table(self, table: TableEvent) -> None:
+        self._call("tracker_log_table", table=table)
+
+    def log_text(self, text: TextEvent) -> None:
+        self._call("tracker_log_text", text=text)
+
+    def log_artifact(self, artifact: ArtifactEvent) -> None:
+        self._call("tracker_log_artifact", artifact=artifact)
+
+    def alert(self, alert: AlertEvent) -> None:
+        self._call("tracker_alert", alert=alert)
+
+    def finish(self, status: Status) -> None:
+        self._call("tracker_finish", status=status)

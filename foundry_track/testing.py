@@ -333,7 +333,7 @@ class _Driver:
                 return
             hook, kwargs, box, done = item
             try:
-                box["result"] = self._hooks.call(hook, **kwargs)
+                box["result"] = self._hooks._call(hook, **kwargs)
             except BaseException as exc:  # noqa: BLE001 - reported to the caller
                 box["error"] = exc
                 box["traceback"] = traceback.format_exc()
@@ -435,7 +435,7 @@ class _Checker:
 
         case = "contract"
         try:
-            reason = hooks.call("tracker_unavailable")
+            reason = hooks.unavailable()
         except Exception as exc:  # noqa: BLE001
             self.problem(case, "tracker_unavailable", f"raised {type(exc).__name__}: {exc}", traceback.format_exc())
             return False
@@ -449,7 +449,7 @@ class _Checker:
                 self.problem(case, "tracker_unavailable", f"the backend cannot run here: {reason}")
             return False
         try:
-            model = hooks.call("tracker_options_model")
+            model = hooks.options_model()
         except Exception as exc:  # noqa: BLE001
             self.problem(case, "tracker_options_model", f"raised {type(exc).__name__}: {exc}", traceback.format_exc())
             return False

@@ -184,7 +184,7 @@ def test_an_unavailable_backend_is_reported(tmp_path: Path) -> None:
 
 
 def test_tracker_options_model_validates_tensorboard_options(tmp_path: Path) -> None:
-    with pytest.raises(ft.ConfigError, match=r"unknown key 'tracking\.backends\.tensorboard\.flush_sec'; "
+    with pytest.raises(ft.ConfigError, match=r"tracking\.backends\.tensorboard\.flush_sec: unknown key; "
                                              r"did you mean 'flush_secs'\?"):
         ft.init({"dir": str(tmp_path), "backends": {"tensorboard": {"flush_sec": 1}}})
     with pytest.raises(ft.ConfigError, match=r"tracking\.backends\.tensorboard\.flush_secs: .*greater than 0"):
