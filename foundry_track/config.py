@@ -38,6 +38,7 @@ class TrackingConfig(BaseModel):
     entity: str | None = Field(None, description="Team or user that owns the project (W&B entity).", examples=["my-team"])
     run_name: str | None = Field(None, description="Human-readable run name; defaults to the run id.", examples=["exp0-baseline"])
     run_id: str | None = Field(None, description="Fixed run id (8+ characters of [a-z0-9]); generated when omitted.", examples=["exp0a1b2"])
+    sweep: str | None = Field(None, description="The sweep this run is a trial of (set by `foundry-track sweep` and `agent` through `FOUNDRY_TRACK_SWEEP`); backends that show sweeps use it (MLflow nests the trials under a parent run).", examples=["sweep-3"])
     group: str | None = Field(None, description="Group runs together (W&B group, an MLflow tag, a TensorBoard subdirectory).", examples=["sweep-3"])
     tags: list[str] = Field(default_factory=list, description="Tags attached to the run in every backend.", examples=[["baseline", "gpt2"]])
     notes: str | None = Field(None, description="Free-text description of the run.", examples=["first try with warmup"])
@@ -131,7 +132,7 @@ def _apply_env(cfg: TrackingConfig) -> TrackingConfig:
     # Set by launchers (foundry-track sweep, schedulers) to place and group runs
     # without editing the experiment's YAML.
     for var, field in (("FOUNDRY_TRACK_PROJECT", "project"), ("FOUNDRY_TRACK_GROUP", "group"),
-                       ("FOUNDRY_TRACK_RUN_NAME", "run_name")):
+                       ("FOUNDRY_TRACK_RUN_NAME", "run_name"), ("FOUNDRY_TRACK_SWEEP", "sweep")):
         if os.environ.get(var):
             setattr(cfg, field, os.environ[var])
     if os.environ.get("FOUNDRY_TRACK_TAGS"):

@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         id=data["id"], name=data["name"], project=data.get("project", "foundry-track"), entity=data.get("entity"),
         tags=tuple(data.get("tags", ())), notes=data.get("notes"), group=data.get("group"),
         config=data.get("config", {}), dir=run_dir, resumed=data.get("resumed_at") is not None,
+        sweep=data.get("sweep"),
     )
     owner = data.get("pid")
     # One delivery process per run at a time: after a crash, the orphaned one

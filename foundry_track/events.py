@@ -37,7 +37,8 @@ class RunInfo:
 
     ``config`` is the experiment's configuration given to ``init(params=...)``
     (nested, secrets already replaced by ``***``; empty if none was given);
-    ``dir`` is the run directory, which a backend may write below.
+    ``dir`` is the run directory, which a backend may write below;
+    ``sweep`` names the sweep a trial belongs to (its runs share ``group``).
     """
 
     id: str
@@ -50,6 +51,8 @@ class RunInfo:
     config: Mapping[str, Any]
     dir: Path
     resumed: bool
+    #: The sweep this run is a trial of (``tracking.sweep``), or None.
+    sweep: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -720,13 +720,13 @@ def init(
 
     info = RunInfo(
         id=run_id, name=name, project=cfg.project, entity=cfg.entity, tags=tuple(cfg.tags), notes=cfg.notes,
-        group=group, config=redact(_plain(params or {})), dir=run_dir, resumed=bool(previous),
+        group=group, config=redact(_plain(params or {})), dir=run_dir, resumed=bool(previous), sweep=cfg.sweep,
     )
     backend_ids = dict(previous.get("backend_ids", {}))
     _write_run_file(run_dir, {
         **previous,
         "id": run_id, "name": name, "project": cfg.project, "entity": cfg.entity, "tags": list(cfg.tags),
-        "notes": cfg.notes, "group": group, "status": "running",
+        "notes": cfg.notes, "group": group, "sweep": cfg.sweep, "status": "running",
         "started": previous.get("started", time.time()), "finished": None,
         "resumed_at": time.time() if previous else None,
         "pid": os.getpid(), "host": socket.gethostname(),
@@ -847,7 +847,7 @@ def sync(run_dir: str | os.PathLike[str], backend: str | None = None) -> dict[st
     info = RunInfo(
         id=data["id"], name=data["name"], project=data.get("project", "foundry-track"), entity=data.get("entity"),
         tags=tuple(data.get("tags", ())), notes=data.get("notes"), group=data.get("group"),
-        config=data.get("config", {}), dir=run_dir, resumed=True,
+        config=data.get("config", {}), dir=run_dir, resumed=True, sweep=data.get("sweep"),
     )
     dispatcher = Dispatcher(journal, info, start_timeout=data.get("start_timeout", 60.0), strict=False,
                             on_identity=lambda n, ident: _save_identity(run_dir, n, ident))
