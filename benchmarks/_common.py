@@ -167,18 +167,10 @@ def update_doc(section: str, body: str) -> Path:
     return DOC
 
 
-def run_log_implementation() -> str:
-    """Which run.log a run gets here: the C one, or Python (no compiler at
-    install, or FOUNDRY_TRACK_NO_SPEEDUPS=1)."""
-    from foundry_track.run import _FastLog
-
-    return "C (`foundry_track._speedups`)" if _FastLog is not None else "Python (`FOUNDRY_TRACK_NO_SPEEDUPS` or not built)"
-
-
 def provenance() -> str:
     """The italic line under each generated table: when, where, how."""
-    return (f"*Measured {time.strftime('%Y-%m-%d')} on {machine()}; {load_average()} at the end of the run; "
-            f"run.log: {run_log_implementation()}. Command: `{command_line()}`.*")
+    return (f"*Measured {time.strftime('%Y-%m-%d')} on {machine()}; {load_average()} at the end of the run. "
+            f"Command: `{command_line()}`.*")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from _common import (IMG_DIR, Stats, expected_values, fmt_s, fmt_us, local_tracker_env, machine,
-                     markdown_table, provenance, run_log_implementation, step_metrics, text_table, update_doc)
+                     markdown_table, provenance, step_metrics, text_table, update_doc)
 from _readback import Received, compare, mlflow_values, tensorboard_values, wandb_values
 
 BACKENDS = ("wandb", "tensorboard", "mlflow")
@@ -633,7 +633,7 @@ def main() -> int:
 
     header, rows = _rows(results, markdown=False)
     print()
-    print(f"10 scalars per step; cost of the log call(s) of one step (run.log: {run_log_implementation()}):")
+    print("10 scalars per step; cost of the log call(s) of one step:")
     print(text_table(header, rows))
     parts = _parts_rows(results)
     if parts:

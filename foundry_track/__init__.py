@@ -19,6 +19,7 @@ from foundry_track.hookspecs import PROJECT_NAME
 
 if TYPE_CHECKING:
     from foundry_track.config import TrackingConfig
+    from foundry_track.events import DoctorCheck
     from foundry_track.errors import (
         BackendError,
         ConfigError,
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
         RunDirError,
         TransientError,
     )
-    from foundry_track.run import Run, init, sync
+    from foundry_track.run import Run
+    from foundry_track.start import init, sync
 
 __all__ = [
     "init",
@@ -42,6 +44,7 @@ __all__ = [
     "TransientError",
     "RunDirError",
     "MissingDependency",
+    "DoctorCheck",
     "hookimpl",
     "__version__",
 ]
@@ -52,8 +55,8 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 _LAZY = {
-    "init": "foundry_track.run",
-    "sync": "foundry_track.run",
+    "init": "foundry_track.start",
+    "sync": "foundry_track.start",
     "Run": "foundry_track.run",
     "TrackingConfig": "foundry_track.config",
     "FoundryTrackError": "foundry_track.errors",
@@ -63,6 +66,7 @@ _LAZY = {
     "TransientError": "foundry_track.errors",
     "RunDirError": "foundry_track.errors",
     "MissingDependency": "foundry_track.errors",
+    "DoctorCheck": "foundry_track.events",
 }
 
 

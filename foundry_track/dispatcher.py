@@ -49,19 +49,20 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (TransientError, OSError))
 
 
-_EVENT_TYPES: Final[dict[str, tuple[str, str, type]]] = {
-    "image": ("tracker_log_image", "image", ImageEvent),
-    "histogram": ("tracker_log_histogram", "histogram", HistogramEvent),
-    "table": ("tracker_log_table", "table", TableEvent),
-    "text": ("tracker_log_text", "text", TextEvent),
-    "artifact": ("tracker_log_artifact", "artifact", ArtifactEvent),
-    "alert": ("tracker_alert", "alert", AlertEvent),
+# kind -> (hook name, event class, the typed call on the backend's hooks)
+_EVENT_TYPES: Final[dict[str, tuple[str, type, Callable[[BackendHooks, Any], None]]]] = {
+    "image": ("tracker_log_image", ImageEvent, BackendHooks.log_image),
+    "histogram": ("tracker_log_histogram", HistogramEvent, BackendHooks.log_histogram),
+    "table": ("tracker_log_table", TableEvent, BackendHooks.log_table),
+    "text": ("tracker_log_text", TextEvent, BackendHooks.log_text),
+    "artifact": ("tracker_log_artifact", ArtifactEvent, BackendHooks.log_artifact),
+    "alert": ("tracker_alert", AlertEvent, BackendHooks.alert),
 }
 
 
 def to_event(record: Record) -> Any:
     """Rebuild the event dataclass a hook receives from a journal record."""
-    hook, _, cls = _EVENT_TYPES[record.kind]
+    _, cls, _ = _EVENT_TYPES[record.kind]
     data = dict(record.data)
     if "path" in data:
         data["path"] = Path(data["path"])
@@ -73,8 +74,23 @@ def to_event(record: Record) -> Any:
     return cls(step=record.step, time=record.time, **data)
 
 
-def hook_groups(records: list[Record]) -> Iterator[tuple[str | None, str, dict[str, Any], int, int]]:
-    """Yield ``(hook, kind, kwargs, last_seq, n_events)``; consecutive metrics are one batch."""
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one hook call delivers: consecutive records of the journal."""
+
+    hook: str | None  # None: nothing to call (a "dropped" record, a kind from a newer version)
+    kind: str
+    deliver: Callable[[BackendHooks], None]
+    last_seq: int
+    count: int
+
+
+def _nothing(_hooks: BackendHooks) -> None:
+    return None
+
+
+def hook_groups(records: list[Record]) -> Iterator[Batch]:
+    """The hook calls that deliver ``records``; consecutive metrics are one batch."""
     i, n = 0, len(records)
     while i < n:
         rec = records[i]
@@ -83,16 +99,17 @@ def hook_groups(records: list[Record]) -> Iterator[tuple[str | None, str, dict[s
             while j < n and records[j].kind == "metrics":
                 j += 1
             rows = [MetricRow(r.step, r.time, r.data) for r in records[i:j]]
-            yield "tracker_log_metrics", "metrics", {"rows": rows}, records[j - 1].seq, j - i
+            yield Batch("tracker_log_metrics", "metrics", lambda h, rows=rows: h.log_metrics(rows),
+                        records[j - 1].seq, j - i)
             i = j
             continue
         if rec.kind == "params":
-            yield "tracker_log_params", "params", {"params": rec.data}, rec.seq, 1
+            yield Batch("tracker_log_params", "params", lambda h, p=rec.data: h.log_params(p), rec.seq, 1)
         elif rec.kind in _EVENT_TYPES:
-            hook, arg, _ = _EVENT_TYPES[rec.kind]
-            yield hook, rec.kind, {arg: to_event(rec)}, rec.seq, 1
-        else:  # "dropped" records and kinds from a newer version
-            yield None, rec.kind, {}, rec.seq, 1
+            hook, _, method = _EVENT_TYPES[rec.kind]
+            yield Batch(hook, rec.kind, lambda h, e=to_event(rec), m=method: m(h, e), rec.seq, 1)
+        else:
+            yield Batch(None, rec.kind, _nothing, rec.seq, 1)
         i += 1
 
 
@@ -189,14 +206,14 @@ class Worker:
                     return True
                 journal.wait_for(self.pos, 0.25)
                 continue
-            for hook, kind, kwargs, last_seq, count in hook_groups(records):
+            for batch in hook_groups(records):
                 before = (self.stats.batches, self.stats.retries, self.stats.busy_s)
-                if hook is None or hook not in self.hooks.implemented:
-                    self._skip(kind)
-                elif not self._call(hook, kwargs, count):
+                if batch.hook is None or batch.hook not in self.hooks.implemented:
+                    self._skip(batch.kind)
+                elif not self._call(batch):
                     return False
-                self.pos = last_seq
-                journal.set_position(self.name, last_seq, batches=self.stats.batches - before[0],
+                self.pos = batch.last_seq
+                journal.set_position(self.name, batch.last_seq, batches=self.stats.batches - before[0],
                                      retries=self.stats.retries - before[1], busy_s=self.stats.busy_s - before[2])
         return False
 
@@ -205,13 +222,13 @@ class Worker:
             self.skipped_kinds.add(kind)
             _log.info("backend %r cannot show %s events; skipping them for this run", self.name, kind)
 
-    def _call(self, hook: str, kwargs: dict[str, Any], count: int) -> bool:
-        d = self.dispatcher
+    def _call(self, batch: Batch) -> bool:
+        d, hook, count = self.dispatcher, batch.hook or "", batch.count
         attempt = permanent = 0
         while True:
             started = time.perf_counter()
             try:
-                self.hooks._call(hook, **kwargs)  # TODO typed
+                batch.deliver(self.hooks)
             except Exception as exc:  # noqa: BLE001
                 self.stats.errors += 1
                 attempt += 1

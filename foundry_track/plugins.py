@@ -26,6 +26,8 @@ from foundry_track import hookspecs
 from foundry_track.errors import PluginError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from foundry_track.events import (
         AlertEvent,
         ArtifactEvent,
@@ -251,8 +253,10 @@ class BackendHooks:
     def unavailable(self) -> str | None:
         return cast("str | None", self._call("tracker_unavailable"))
 
-    def doctor(self, options: BaseModel) -> list[DoctorCheck]:
-        return list(self._call("tracker_doctor", options=options) or [])
+    def doctor(self, options: BaseModel, runs_dir: Path, fallback: str | None, start_timeout: float,
+               timeout: float, check_disk: Callable[[str, Path], None]) -> list[DoctorCheck]:
+        return list(self._call("tracker_doctor", options=options, runs_dir=runs_dir, fallback=fallback,
+                               start_timeout=start_timeout, timeout=timeout, check_disk=check_disk) or [])
 
     def start(self, run: RunInfo, options: BaseModel, resume_state: Mapping[str, str]) -> Mapping[str, Any] | None:
         return cast("Mapping[str, Any] | None",

@@ -1,89 +1,63 @@
-"""The ``Run`` a training loop holds, ``init`` that makes one, and ``sync``.
+"""The ``Run`` a training loop holds.
 
 ``Run.log`` is the hot path: it checks the values, stamps step and time, and
 appends to the journal's in-memory queue. It never does I/O and never waits on
-a backend. Its common call also exists in C (``foundry_track/_speedups.c``,
-built when a compiler is there at install); this module's Python is the
-reference for both.
+a backend.
+
+``init`` and ``sync``, which make and replay runs, live in
+:mod:`foundry_track.start`; the run directory's ``run.json`` in
+:mod:`foundry_track.rundir`.
 """
 
 from __future__ import annotations
 
 import atexit
 import functools
-import json
 import logging
 import numbers
 import os
 import queue
-import re
-import secrets
-import socket
-import string
 import threading
 import time
-import types
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Final, Mapping, Sequence
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from foundry_track import distributed, media
-from foundry_track.config import ConfigError, TrackingConfig, flatten, format_validation_error, load_config, redact
-from foundry_track.dispatcher import BackendError, Dispatcher, Worker
+from foundry_track.config import TrackingConfig
+from foundry_track.errors import BackendError
 from foundry_track.events import STATUSES, RunInfo, Status
-from foundry_track.journal import JOURNAL_FILE, Journal
-from foundry_track.plugins import BackendHooks, BackendInfo, build_plugin_manager, discover, instantiate, options_model
+from foundry_track.params import flatten, redact
+from foundry_track.rundir import read_run_file, update_run_file
 
 if TYPE_CHECKING:
-    from foundry_track.deliver import ProcessDelivery
+    from foundry_track.delivery import Delivery
+    from foundry_track.journal import Journal
 
-__all__ = ["Run", "init", "sync", "RUN_FILE"]
+__all__ = ["Run"]
 
-RUN_FILE: Final = "run.json"
 _log = logging.getLogger("foundry_track")
 _FAST_TYPES: Final = frozenset({float, int})
 _STR_TYPE: Final = frozenset({str})
 _TENSOR_TYPES: set[type] = set()  # torch.Tensor and subclasses, learned at first sight (no torch import)
 _now: Final = time.time
 _STEP_LIMIT: Final = 2**63  # SQLite's INTEGER
-_ID_ALPHABET: Final = string.ascii_lowercase + string.digits
 _live_runs: weakref.WeakSet[Run] = weakref.WeakSet()
 
 
-def _load_speedups() -> Callable[..., Any] | None:
-    """``foundry_track._speedups.FastLog``, unless it was not built or
-    ``FOUNDRY_TRACK_NO_SPEEDUPS`` asks for the Python path."""
-    if os.environ.get("FOUNDRY_TRACK_NO_SPEEDUPS", "").strip().lower() not in ("", "0", "false", "no"):
-        return None
-    try:
-        from foundry_track._speedups import FastLog
-    except ImportError:
-        return None
-    return FastLog  # type: ignore[no-any-return]
-
-
-_FastLog = _load_speedups()
-
-
 class _Gate:
-    """Whether ``run.log`` may take its short path, and the last step: the
-    Python twin of ``_speedups.FastLog``, which keeps both in C fields."""
+    """Whether ``run.log`` may take its short path, and the last step. One small
+    object read by the hot path with a single attribute lookup; the step is read
+    and written on it with no call in between, so concurrent callers get
+    distinct steps."""
 
     __slots__ = ("hot", "last_step")
 
     def __init__(self, last_step: int) -> None:
         self.hot = False
         self.last_step = last_step
-
-
-def _new_id() -> str:
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
 
 
 def _coerce(key: Any, value: Any) -> Any:
@@ -143,7 +117,7 @@ class Run:
         *,
         info: RunInfo | None,
         journal: Journal | None,
-        dispatcher: Dispatcher | ProcessDelivery | None,
+        dispatcher: Delivery | None,
         last_step: int = -1,
     ) -> None:
         self.config = config
@@ -151,13 +125,7 @@ class Run:
         self._journal = journal
         self._dispatcher = dispatcher
         self._lock = threading.Lock()
-        self._gate: Any = _Gate(last_step)
-        if journal is not None and _FastLog is not None and type(self).log is _PYTHON_LOG:
-            # run.log becomes the C object (an instance attribute, found before
-            # the method); its uncommon calls go to the Python method below.
-            # A subclass that overrides log keeps its own.
-            self._gate = self.log = _FastLog(  # type: ignore[method-assign]
-                journal.append_event, types.MethodType(_PYTHON_LOG, self), self._log_slow, last_step)
+        self._gate = _Gate(last_step)
         self._max_step = last_step
         self._every = config.every_n_steps
         self._warned_backwards = False
@@ -182,7 +150,7 @@ class Run:
 
                 self._sampler = SystemSampler(self, config.system_metrics_interval)
 
-    def _attach(self, dispatcher: Dispatcher | ProcessDelivery | None) -> None:
+    def _attach(self, dispatcher: Delivery | None) -> None:
         """Hand the run its delivery (in-process workers, or the delivery process)."""
         self._dispatcher = dispatcher
         if dispatcher is not None:
@@ -213,7 +181,7 @@ class Run:
         """Each backend's run identity (W&B run id, MLflow run id, TensorBoard dir)."""
         if self._info is None:
             return {}
-        return dict(_read_run_file(self._info.dir).get("backend_ids", {}))
+        return dict(read_run_file(self._info.dir).get("backend_ids", {}))
 
     # -- logging ----------------------------------------------------------- #
 
@@ -487,10 +455,22 @@ class Run:
             self._media_thread.join(flush_timeout)
         self.undelivered = self._dispatcher.finish(status, max(0.0, deadline - time.monotonic()))
         self._journal.close()
-        _update_run_file(self._info.dir, status=status, finished=time.time(), undelivered=self.undelivered)
+        update_run_file(self._info.dir, status=status, finished=time.time(), undelivered=self.undelivered)
         if self.config.strict and self._dispatcher.error is not None:
             raise BackendError(f"a backend failed in strict mode: {self._dispatcher.error!r}") from self._dispatcher.error
         return self.undelivered
+
+    def _abort_start(self) -> None:
+        """``init`` could not start delivery: no half-started run. What was
+        logged (params) stays in the journal for ``sync``."""
+        self._finished, self._hot = True, False
+        _live_runs.discard(self)
+        if self._sampler is not None:
+            self._sampler.stop()
+        if self._journal is not None:
+            self._journal.close()
+        if self._info is not None:
+            update_run_file(self._info.dir, status="failed", finished=time.time())
 
     def __enter__(self) -> Run:
         return self
@@ -506,9 +486,6 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<foundry_track.Run id={self.id} dir={self.dir}>" if self.enabled else "<foundry_track.Run disabled>"
-
-
-_PYTHON_LOG: Final = Run.log  # what run.log falls back to, and the reference for the C one
 
 
 def _step_int(step: Any) -> int:
@@ -553,319 +530,3 @@ def _close_unfinished_runs() -> None:
             run.finish("killed")
         except Exception:  # noqa: BLE001 - exiting anyway
             _log.exception("could not close run %s at exit", run.id)
-
-
-# --------------------------------------------------------------------------- #
-# run.json: the run's identity and each backend's identity, next to the journal
-# --------------------------------------------------------------------------- #
-
-_file_lock = threading.Lock()
-
-
-def _read_run_file(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((Path(run_dir) / RUN_FILE).read_text())
-    except FileNotFoundError:
-        return {}
-
-
-def _write_run_file(run_dir: Path, data: Mapping[str, Any]) -> None:
-    path = Path(run_dir) / RUN_FILE
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)  # atomic: a crash leaves the old or the new file, never half
-
-
-def _update_run_file(run_dir: Path, **changes: Any) -> None:
-    with _file_lock:
-        data = _read_run_file(run_dir)
-        data.update(changes)
-        _write_run_file(run_dir, data)
-
-
-def _save_identity(run_dir: Path, name: str, identity: dict[str, str]) -> None:
-    with _file_lock:
-        data = _read_run_file(run_dir)
-        data.setdefault("backend_ids", {})[name] = identity
-        _write_run_file(run_dir, data)
-
-
-def _process_alive(data: Mapping[str, Any]) -> bool:
-    if data.get("host") != socket.gethostname() or not data.get("pid"):
-        return False
-    try:
-        os.kill(int(data["pid"]), 0)
-    except PermissionError:
-        return True  # it exists, it is just another user's
-    except (ProcessLookupError, ValueError):
-        return False
-    return True
-
-
-# --------------------------------------------------------------------------- #
-# Building backends
-# --------------------------------------------------------------------------- #
-
-
-def _resolve_backends(cfg: TrackingConfig) -> dict[str, tuple[BackendInfo, BaseModel]]:
-    """Validate the selection and each backend's options; raise ConfigError on any problem."""
-    found = discover()
-    chosen: dict[str, tuple[BackendInfo, BaseModel]] = {}
-    problems: list[str] = []
-    for name, raw in cfg.backends.items():
-        info = found.get(name)
-        if info is None:
-            known = ", ".join(found) or "none"
-            problems.append(
-                f"unknown backend {name!r} under tracking.backends; discovered backends: {known} "
-                f"(a third-party backend must be pip-installed so it appears in the 'foundry_track' entry-point group)"
-            )
-            continue
-        if not info.available:
-            problems.append(f"backend {name!r} cannot be used: {info.problem}")
-            continue
-        chosen[name] = (info, _validate_options(info, raw or {}))
-    if cfg.fallback is not None and cfg.fallback not in found:
-        problems.append(
-            f"tracking.fallback: unknown backend {cfg.fallback!r}; discovered backends: {', '.join(found) or 'none'} "
-            f"(or set it to null)"
-        )
-    if problems:
-        raise ConfigError("\n".join(problems))
-    return chosen
-
-
-def _validate_options(info: BackendInfo, raw: Mapping[str, Any]) -> BaseModel:
-    model = options_model(info)
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"tracking.backends.{info.name}: expected a mapping of options, got {raw!r}")
-    try:
-        return model.model_validate(dict(raw))
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, model, f"tracking.backends.{info.name}")) from None
-
-
-def _hooks_for(info: BackendInfo) -> BackendHooks:
-    plugin = instantiate(info)
-    pm = build_plugin_manager({info.name: plugin})
-    return BackendHooks(pm, info.name)
-
-
-def _identity(cfg: TrackingConfig, resume: str | os.PathLike[str] | None) -> tuple[str, str, str, dict[str, Any]]:
-    """(run id, name, run directory, previous run.json) of a new or resumed run."""
-    if resume is not None:
-        previous = _read_run_file(Path(resume))
-        if not previous:
-            raise ConfigError(f"resume={str(resume)!r}: no {RUN_FILE} there; pass the directory of an earlier run")
-        return previous["id"], previous["name"], str(Path(resume).resolve()), previous
-    run_id = cfg.run_id or _new_id()
-    name = cfg.run_name or run_id
-    run_dir = (Path(cfg.dir) / (f"{_slug(name)}-{run_id}" if cfg.run_name else run_id)).resolve()
-    return run_id, name, str(run_dir), _read_run_file(run_dir)  # the same run_id again continues it
-
-
-def init(
-    config: str | os.PathLike[str] | Mapping[str, Any] | TrackingConfig | None = None,
-    *,
-    resume: str | os.PathLike[str] | None = None,
-    params: Mapping[str, Any] | None = None,
-    **overrides: Any,
-) -> Run:
-    """Start a run from a YAML path, a dict, a :class:`TrackingConfig` or nothing.
-
-    Keyword ``overrides`` replace fields of the config (``project=``,
-    ``run_name=``, ``backends=``...). ``resume=RUN_DIR`` continues a run: the
-    same id, directory and backend runs, steps continuing after the last one.
-    ``params`` is the experiment's configuration: redacted, handed to every
-    backend at start (W&B's run config) and logged as params.
-    """
-    cfg = load_config(config)
-    if overrides:
-        try:
-            cfg = TrackingConfig.model_validate({**cfg.model_dump(), **overrides})
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, TrackingConfig, "init()")) from None
-    if cfg.mode == "disabled":
-        return Run(cfg, info=None, journal=None, dispatcher=None)
-    # Validated on every rank before any collective, so a bad config raises
-    # everywhere instead of leaving the other ranks waiting in a broadcast.
-    chosen = _resolve_backends(cfg)
-    rank, world = distributed.rank_world()
-    shared = distributed.collective() and not (cfg.per_rank and cfg.run_id)
-    ident: Any = None
-    if rank == 0 or not shared:
-        try:
-            ident = _identity(cfg, resume)
-        except ConfigError as exc:
-            ident = exc  # sent to every rank, so all of them raise it
-    if shared:
-        ident = distributed.broadcast(ident)
-    if isinstance(ident, ConfigError):
-        raise ident
-    run_id, name, run_dir, previous = ident
-    run_dir = Path(run_dir)
-    group = cfg.group
-    if world > 1 and cfg.per_rank:
-        group = group or name
-        run_id, name, run_dir = f"{run_id}r{rank}", f"{name}-rank{rank}", run_dir / f"rank{rank}"
-        previous = _read_run_file(run_dir)
-    elif rank != 0:
-        # Rank 0 owns the backends, the journal and the run directory; this rank
-        # knows the run's id and directory, and its log() is a no-op unless reducing.
-        info = RunInfo(id=run_id, name=name, project=cfg.project, entity=cfg.entity, tags=tuple(cfg.tags),
-                       notes=cfg.notes, group=group, config={}, dir=run_dir, resumed=bool(previous))
-        return Run(cfg, info=info, journal=None, dispatcher=None)
-    run_dir = run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-    info = RunInfo(
-        id=run_id, name=name, project=cfg.project, entity=cfg.entity, tags=tuple(cfg.tags), notes=cfg.notes,
-        group=group, config=redact(_plain(params or {})), dir=run_dir, resumed=bool(previous), sweep=cfg.sweep,
-    )
-    backend_ids = dict(previous.get("backend_ids", {}))
-    _write_run_file(run_dir, {
-        **previous,
-        "id": run_id, "name": name, "project": cfg.project, "entity": cfg.entity, "tags": list(cfg.tags),
-        "notes": cfg.notes, "group": group, "sweep": cfg.sweep, "status": "running",
-        "started": previous.get("started", time.time()), "finished": None,
-        "resumed_at": time.time() if previous else None,
-        "pid": os.getpid(), "host": socket.gethostname(),
-        "backends": {n: redact(dict(cfg.backends[n] or {})) for n in chosen},
-        "fallback": cfg.fallback, "backend_ids": backend_ids, "config": info.config,
-        "start_timeout": cfg.start_timeout, "flush_timeout": cfg.flush_timeout,
-    })
-
-    journal = Journal(run_dir / JOURNAL_FILE, flush_interval=cfg.journal_flush_interval)
-    last_step = journal.max_step()
-    run = Run(cfg, info=info, journal=journal, dispatcher=None, last_step=last_step if last_step is not None else -1)
-    journal.start()
-    if params:
-        run.log_params(params)
-    try:
-        if cfg.delivery == "process":
-            from foundry_track.deliver import ProcessDelivery
-
-            delivery: Dispatcher | ProcessDelivery = ProcessDelivery.start(
-                journal, run_dir, {n: dict(cfg.backends[n] or {}) for n in chosen}, fallback=cfg.fallback,
-                start_timeout=cfg.start_timeout, strict=cfg.strict)
-        else:
-            if previous:
-                _wait_for_orphaned_delivery(run_dir, previous)
-            delivery = start_dispatcher(journal, info, {n: options for n, (_, options) in chosen.items()},
-                                        backend_ids, fallback=cfg.fallback, start_timeout=cfg.start_timeout,
-                                        strict=cfg.strict)
-    except BaseException:
-        # No half-started run: what was logged (params) stays in the journal for `sync`.
-        run._finished, run._hot = True, False
-        _live_runs.discard(run)
-        if run._sampler is not None:
-            run._sampler.stop()
-        journal.close()
-        _update_run_file(run_dir, status="failed", finished=time.time())
-        raise
-    run._attach(delivery)
-    return run
-
-
-def _wait_for_orphaned_delivery(run_dir: Path, data: Mapping[str, Any]) -> None:
-    """A delivery process left by a killed training process delivers and closes
-    the run within its flush_timeout: let it, rather than deliver the same events
-    twice from here."""
-    from foundry_track.deliver import LOCK_FILE, wait_for_delivery
-
-    if not (run_dir / LOCK_FILE).exists():
-        return
-    try:
-        wait_for_delivery(run_dir, float(data.get("flush_timeout", 30.0)) + 10.0)
-    except TimeoutError:
-        raise ConfigError(f"a delivery process still holds {run_dir / LOCK_FILE}; wait for it to end "
-                          f"(it stops within the run's flush_timeout), then try again") from None
-
-
-def start_dispatcher(journal: Journal, info: RunInfo, options: Mapping[str, BaseModel],
-                     backend_ids: Mapping[str, Mapping[str, str]], *, fallback: str | None, start_timeout: float,
-                     strict: bool) -> Dispatcher:
-    """Start one worker per backend (and the fallback when one cannot start),
-    in this process: what ``init`` does, and the delivery process."""
-    run_dir = info.dir
-    found = discover()
-    fallback_lock = threading.Lock()
-
-    def start_fallback(failed: str) -> Worker | None:
-        name_ = fallback
-        if name_ is None or name_ == failed:
-            return None
-        with fallback_lock:
-            existing = dispatcher.workers.get(name_)
-            if existing is not None:
-                return existing if existing.state != "start_failed" else None
-            fb = found.get(name_)
-            if fb is None or not fb.available:
-                _log.warning("fallback backend %r is not available: %s", name_, fb.problem if fb else "not found")
-                return None
-            fb_options = _validate_options(fb, {})
-            with _file_lock:
-                data = _read_run_file(run_dir)
-                data.setdefault("backends", {})[name_] = {}
-                _write_run_file(run_dir, data)
-            return dispatcher.add(name_, _hooks_for(fb), fb_options, backend_ids.get(name_, {}))
-
-    dispatcher = Dispatcher(
-        journal, info, start_timeout=start_timeout, strict=strict, fallback=start_fallback,
-        on_identity=lambda n, ident: _save_identity(run_dir, n, ident),
-    )
-    hooks = {name_: _hooks_for(found[name_]) for name_ in options}
-    for name_, opts in options.items():
-        dispatcher.add(name_, hooks[name_], opts, backend_ids.get(name_, {}))
-    return dispatcher
-
-
-def sync(run_dir: str | os.PathLike[str], backend: str | None = None) -> dict[str, int]:
-    """Deliver every event a backend of ``run_dir`` has not acknowledged.
-
-    Idempotent: a backend's position moves only after its hook returned, so a
-    second call finds nothing to deliver. A run left ``running`` by a dead
-    process is closed as ``killed``. Returns the undelivered counts left.
-    """
-    run_dir = Path(run_dir).resolve()
-    data = _read_run_file(run_dir)
-    if not data or not (run_dir / JOURNAL_FILE).exists():
-        raise ConfigError(f"{run_dir} is not a foundry-track run directory (no {RUN_FILE} or {JOURNAL_FILE})")
-    if data.get("status") == "running" and _process_alive(data) and data.get("pid") != os.getpid():
-        raise ConfigError(f"run {data['id']} is still being written by process {data['pid']}; sync it after it ends")
-    status: Status = data.get("status") if data.get("status") in STATUSES else "killed"  # type: ignore[assignment]
-    _wait_for_orphaned_delivery(run_dir, data)
-    journal = Journal(run_dir / JOURNAL_FILE)
-    positions = journal.positions()
-    names = list(dict.fromkeys([*data.get("backends", {}), *positions]))
-    if backend is not None:
-        if backend not in names:
-            raise ConfigError(f"run {data['id']} has no backend {backend!r}; it has: {', '.join(names) or 'none'}")
-        names = [backend]
-    found = discover()
-    last = journal.last_seq
-    info = RunInfo(
-        id=data["id"], name=data["name"], project=data.get("project", "foundry-track"), entity=data.get("entity"),
-        tags=tuple(data.get("tags", ())), notes=data.get("notes"), group=data.get("group"),
-        config=data.get("config", {}), dir=run_dir, resumed=True, sweep=data.get("sweep"),
-    )
-    dispatcher = Dispatcher(journal, info, start_timeout=data.get("start_timeout", 60.0), strict=False,
-                            on_identity=lambda n, ident: _save_identity(run_dir, n, ident))
-    dispatcher.status = status
-    dispatcher.closing.set()  # nothing new will arrive: deliver up to last_seq and finish
-    left: dict[str, int] = {}
-    for name in names:
-        pos = journal.position(name)
-        if pos >= last and data.get("status") in STATUSES:
-            continue
-        info_b = found.get(name)
-        if info_b is None or not info_b.available:
-            raise ConfigError(f"cannot sync backend {name!r}: {info_b.problem if info_b else 'not installed'}")
-        options = _validate_options(info_b, data.get("backends", {}).get(name, {}))
-        worker = dispatcher.add(name, _hooks_for(info_b), options, data.get("backend_ids", {}).get(name, {}),
-                                synchronous=True)
-        if worker.pending():
-            left[name] = worker.pending()
-    journal.close()
-    _update_run_file(run_dir, status=status, undelivered=left, synced=time.time())
-    return left

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from foundry_track.journal import JOURNAL_FILE, Journal
-from foundry_track.run import RUN_FILE
+from foundry_track.rundir import RUN_FILE
 from tests.helpers.recorder import metric_steps, records
 
 CHILD = textwrap.dedent(

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import foundry_track as ft
-from foundry_track.run import RUN_FILE
+from foundry_track.rundir import RUN_FILE
 from tests.helpers.mlflow_server import MlflowServer
 from tests.helpers.recorder import metric_steps, records
 from tests.helpers.tb import scalars

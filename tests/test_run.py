@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import foundry_track as ft
-from foundry_track.run import RUN_FILE
+from foundry_track.rundir import RUN_FILE
 from tests.helpers.recorder import metric_steps, records
 from tests.helpers.tb import scalars
 

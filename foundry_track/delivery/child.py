@@ -1,0 +1,181 @@
+"""The delivery process itself: ``python -m foundry_track.delivery RUN_DIR``.
+
+Started by ``init`` with ``delivery: process`` (see
+:mod:`foundry_track.delivery.process` for the protocol on its stdin and
+stdout). It runs the same workers as ``delivery: thread``
+(:func:`foundry_track.delivery.threads.start_dispatcher`), following the
+journal as the training process commits it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Final
+
+from foundry_track.delivery.process import CHILD_MODULE, lock_run
+from foundry_track.delivery.threads import start_dispatcher, validate_options
+from foundry_track.events import RunInfo
+from foundry_track.journal import JOURNAL_FILE, Journal
+from foundry_track.plugins import discover
+from foundry_track.rundir import read_run_file, update_run_file
+
+__all__ = ["main"]
+
+_log = logging.getLogger("foundry_track")
+_POLL: Final = 0.02  # how often the child looks for newly committed events
+
+
+class _ToParent(logging.Handler):
+    """Log records of the delivery process, sent to the training process as JSON lines."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = json.dumps({"log": [record.name, record.levelno, self.format(record)]})
+            with _stdout_lock:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+        except Exception:  # noqa: BLE001 - the parent is gone; nothing to tell
+            pass
+
+
+_stdout_lock = threading.Lock()
+
+
+class _Lines:
+    """Lines from the parent on stdin, read from the file descriptor (not through
+    ``sys.stdin``, whose buffer would hide a line from ``select``)."""
+
+    def __init__(self) -> None:
+        self.fd = sys.stdin.fileno()
+        self.buffered = b""
+
+    def next(self, parent: int) -> str | None:
+        """The next line, or None once the parent is gone: at end of file, or when
+        the parent's pid changes — a process forked from the parent (a data
+        loader worker, an uploader) keeps the pipe open after the parent died."""
+        if os.name != "posix":
+            line = sys.stdin.readline()
+            return line if line.strip() else None
+        import select
+
+        while b"\n" not in self.buffered:
+            ready, _, _ = select.select([self.fd], [], [], 0.5)
+            if ready:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    return None
+                self.buffered += chunk
+            elif os.getppid() != parent:
+                return None
+        line, self.buffered = self.buffered.split(b"\n", 1)
+        return line.decode("utf-8")
+
+
+def _follow(journal: Journal, stop: threading.Event) -> None:
+    """Wake the workers when the training process has committed more events."""
+    while not stop.wait(_POLL):
+        before = journal.last_seq
+        if journal.refresh() > before:
+            journal.wake()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The delivery process: ``python -m foundry_track.delivery RUN_DIR``, started by ``init``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print(f"usage: python -m {CHILD_MODULE} RUN_DIR  (started by foundry_track.init with "
+              "tracking.delivery: process; reads its setup from stdin)", file=sys.stderr)
+        return 2
+    # Ctrl-C and a scheduler's SIGTERM reach the whole process group; the
+    # training process handles them (finishing the run), which needs this one alive.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid()
+    lines = _Lines()
+    # The pipe to the training process carries only our JSON lines: what the
+    # SDKs print (MLflow's "View run ..." lines, C libraries) goes to stderr.
+    channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    setup = json.loads(lines.next(parent) or "{}")
+    # foundry_track's own records go to the training process (its logging
+    # configuration decides what to show); the SDKs' warnings go to stderr.
+    ours = logging.getLogger("foundry_track")
+    ours.addHandler(_ToParent(channel))
+    ours.setLevel(int(setup.get("log_level", logging.INFO)))
+    ours.propagate = False
+    logging.basicConfig(level=logging.WARNING, format="foundry-track delivery (pid %(process)d): %(name)s: %(message)s")
+    run_dir = Path(args[0]).resolve()
+    data = read_run_file(run_dir)
+    info = RunInfo(
+        id=data["id"], name=data["name"], project=data.get("project", "foundry-track"), entity=data.get("entity"),
+        tags=tuple(data.get("tags", ())), notes=data.get("notes"), group=data.get("group"),
+        config=data.get("config", {}), dir=run_dir, resumed=data.get("resumed_at") is not None,
+        sweep=data.get("sweep"),
+    )
+    owner = data.get("pid")
+    # One delivery process per run at a time: after a crash, the orphaned one
+    # finishes before a resumed run's starts (or `sync` runs), so no event is
+    # delivered twice and no backend run is closed under its successor.
+    lock = lock_run(run_dir)
+    journal = Journal(run_dir / JOURNAL_FILE)
+    found = discover()
+    options, missing = {}, []
+    for name, raw in setup.get("backends", {}).items():
+        if name in found and found[name].available:
+            options[name] = validate_options(found[name], raw)
+        else:
+            # Imported by the training script but not installed: this process
+            # finds plugins through entry points (or PYTHONPATH) only.
+            missing.append(name)
+            journal.register_backend(name)
+            _log.error("backend %r is not available in the delivery process (%s); its events stay in the "
+                       "journal. Install it as a distribution (or put it on PYTHONPATH), then: foundry-track sync "
+                       "%s --backend %s", name, found[name].problem if name in found else "not installed",
+                       run_dir, name)
+    dispatcher = start_dispatcher(journal, info, options, data.get("backend_ids", {}),
+                                  fallback=setup.get("fallback"), start_timeout=float(setup.get("start_timeout", 60)),
+                                  strict=bool(setup.get("strict", False)))
+    stop = threading.Event()
+    follower = threading.Thread(target=_follow, args=(journal, stop), name="foundry-track-follow", daemon=True)
+    follower.start()
+    line = lines.next(parent)
+    orphaned = line is None
+    if orphaned:
+        message = {"finish": "killed", "deadline": time.time() + float(data.get("flush_timeout", 30.0))}
+    else:
+        message = json.loads(line)
+    stop.set()
+    follower.join()
+    journal.refresh()  # the training process committed everything before asking to finish
+    undelivered = dispatcher.finish(message["finish"], max(0.0, float(message["deadline"]) - time.time()))
+    undelivered.update({n: max(0, journal.last_seq - journal.position(n)) for n in missing})
+    journal.close()
+    if orphaned and read_run_file(run_dir).get("pid") == owner:  # nobody else will close the run
+        update_run_file(run_dir, status="killed", finished=time.time(), undelivered=undelivered)
+    error = f"{type(dispatcher.error).__name__}: {dispatcher.error}" if dispatcher.error is not None else None
+    try:
+        with _stdout_lock:
+            channel.write(json.dumps({"undelivered": undelivered, "error": error}) + "\n")
+            channel.flush()
+            channel.close()
+    except (BrokenPipeError, OSError):
+        pass
+    if lock is not None:
+        lock.close()
+    if any(w.thread is not None and w.thread.is_alive() for w in dispatcher.workers.values()):
+        # A backend still stuck in a call past the deadline: its SDK's exit
+        # handlers could hang too, and its events are safe in the journal.
+        os._exit(0)
+    return 0
