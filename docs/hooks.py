@@ -317,15 +317,15 @@ def event_types() -> str:
 
 
 def conformance_cases() -> str:
-    from foundry_track import testing
     from foundry_track.events import RunInfo
+    from foundry_track.testing import cases as kit
 
     with tempfile.TemporaryDirectory() as tmp:
         info = RunInfo("docs0000", "docs", "docs", None, (), None, None, {}, Path(tmp), False)
-        files = testing._files(Path(tmp) / "inputs")
-        groups = [("A new run", testing._new_run_cases(info, None, files)),
-                  ("Restart after a failed run", testing._restart_cases(info, None, {})),
-                  ("Sync of a closed run", testing._sync_cases(info, None, {}))]
+        files = kit.write_inputs(Path(tmp) / "inputs")
+        groups = [("A new run", kit.new_run_cases(info, None, files)),
+                  ("Restart after a failed run", kit.restart_cases(info, None, {})),
+                  ("Sync of a closed run", kit.sync_cases(info, None, {}))]
     out = ["| instance | case | hook | what a backend must do |", "| --- | --- | --- | --- |"]
     for title, cases in groups:
         for case in cases:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from foundry_track.errors import RunDirError
+from foundry_track.events import RunInfo
 
 __all__ = [
     "JOURNAL_FILE",
@@ -36,6 +37,7 @@ __all__ = [
     "process_state",
     "read_run_file",
     "save_identity",
+    "run_info",
     "slug",
     "update_run_file",
     "write_run_file",
@@ -99,6 +101,16 @@ def save_identity(run_dir: str | os.PathLike[str], name: str, identity: Mapping[
         data = read_run_file(run_dir)
         data.setdefault("backend_ids", {})[name] = dict(identity)
         write_run_file(run_dir, data)
+
+
+def run_info(data: Mapping[str, Any], run_dir: Path, *, resumed: bool) -> RunInfo:
+    """The :class:`RunInfo` backends receive, rebuilt from ``run.json`` (``sync``
+    and the delivery process start the backends of a run another process began)."""
+    return RunInfo(
+        id=data["id"], name=data["name"], project=data.get("project", "foundry-track"), entity=data.get("entity"),
+        tags=tuple(data.get("tags", ())), notes=data.get("notes"), group=data.get("group"),
+        config=data.get("config", {}), dir=run_dir, resumed=resumed, sweep=data.get("sweep"),
+    )
 
 
 def add_backend(run_dir: str | os.PathLike[str], name: str, options: Mapping[str, Any]) -> None:

@@ -35,6 +35,7 @@ from foundry_track.rundir import (
     new_run_id,
     process_alive,
     read_run_file,
+    run_info,
     save_identity,
     slug,
     update_run_file,
@@ -105,31 +106,14 @@ def init(
     ``params`` is the experiment's configuration: redacted, handed to every
     backend at start (W&B's run config) and logged as params.
     """
-    cfg = load_config(config)
-    if overrides:
-        try:
-            cfg = TrackingConfig.model_validate({**cfg.model_dump(), **overrides})
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, TrackingConfig, "init()")) from None
+    cfg = _config(config, overrides)
     if cfg.mode == "disabled":
         return Run(cfg, info=None, journal=None, dispatcher=None)
     # Validated on every rank before any collective, so a bad config raises
     # everywhere instead of leaving the other ranks waiting in a broadcast.
     chosen = resolve_backends(cfg)
     rank, world = distributed.rank_world()
-    shared = distributed.collective() and not (cfg.per_rank and cfg.run_id)
-    ident: Any = None
-    if rank == 0 or not shared:
-        try:
-            ident = identity(cfg, resume)
-        except ConfigError as exc:
-            ident = exc  # sent to every rank, so all of them raise it
-    if shared:
-        ident = distributed.broadcast(ident)
-    if isinstance(ident, ConfigError):
-        raise ident
-    run_id, name, run_dir, previous = ident
-    run_dir = Path(run_dir)
+    run_id, name, run_dir, previous = _shared_identity(cfg, resume, rank)
     group = cfg.group
     if world > 1 and cfg.per_rank:
         group = group or name
@@ -143,24 +127,11 @@ def init(
         return Run(cfg, info=info, journal=None, dispatcher=None)
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-
     info = RunInfo(
         id=run_id, name=name, project=cfg.project, entity=cfg.entity, tags=tuple(cfg.tags), notes=cfg.notes,
         group=group, config=redact(_plain(params or {})), dir=run_dir, resumed=bool(previous), sweep=cfg.sweep,
     )
-    backend_ids = dict(previous.get("backend_ids", {}))
-    write_run_file(run_dir, {
-        **previous,
-        "id": run_id, "name": name, "project": cfg.project, "entity": cfg.entity, "tags": list(cfg.tags),
-        "notes": cfg.notes, "group": group, "sweep": cfg.sweep, "status": "running",
-        "started": previous.get("started", time.time()), "finished": None,
-        "resumed_at": time.time() if previous else None,
-        "pid": os.getpid(), "host": socket.gethostname(),
-        "backends": {n: redact(dict(cfg.backends[n] or {})) for n in chosen},
-        "fallback": cfg.fallback, "backend_ids": backend_ids, "config": info.config,
-        "start_timeout": cfg.start_timeout, "flush_timeout": cfg.flush_timeout,
-    })
-
+    _write_run_json(cfg, info, previous, list(chosen))
     journal = Journal(run_dir / JOURNAL_FILE, flush_interval=cfg.journal_flush_interval)
     last_step = journal.max_step()
     run = Run(cfg, info=info, journal=journal, dispatcher=None, last_step=last_step if last_step is not None else -1)
@@ -168,21 +139,68 @@ def init(
     if params:
         run.log_params(params)
     try:
-        if cfg.delivery == "process":
-            delivery: Delivery = ProcessDelivery.start(
-                journal, run_dir, {n: dict(cfg.backends[n] or {}) for n in chosen}, fallback=cfg.fallback,
-                start_timeout=cfg.start_timeout, strict=cfg.strict)
-        else:
-            if previous:
-                wait_for_orphaned_delivery(run_dir, previous)
-            delivery = start_dispatcher(journal, info, {n: options for n, (_, options) in chosen.items()},
-                                        backend_ids, fallback=cfg.fallback, start_timeout=cfg.start_timeout,
-                                        strict=cfg.strict)
+        delivery = _start_delivery(cfg, info, journal, chosen, previous)
     except BaseException:
         run._abort_start()
         raise
     run._attach(delivery)
     return run
+
+
+def _config(config: str | os.PathLike[str] | Mapping[str, Any] | TrackingConfig | None,
+            overrides: Mapping[str, Any]) -> TrackingConfig:
+    cfg = load_config(config)
+    if overrides:
+        try:
+            cfg = TrackingConfig.model_validate({**cfg.model_dump(), **overrides})
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, TrackingConfig, "init()")) from None
+    return cfg
+
+
+def _shared_identity(cfg: TrackingConfig, resume: str | os.PathLike[str] | None,
+                     rank: int) -> tuple[str, str, Path, dict[str, Any]]:
+    """The run's identity, decided by rank 0 and broadcast under torch.distributed."""
+    shared = distributed.collective() and not (cfg.per_rank and cfg.run_id)
+    ident: Any = None
+    if rank == 0 or not shared:
+        try:
+            ident = identity(cfg, resume)
+        except ConfigError as exc:
+            ident = exc  # sent to every rank, so all of them raise it
+    if shared:
+        ident = distributed.broadcast(ident)
+    if isinstance(ident, ConfigError):
+        raise ident
+    run_id, name, run_dir, previous = ident
+    return run_id, name, Path(run_dir), previous
+
+
+def _write_run_json(cfg: TrackingConfig, info: RunInfo, previous: Mapping[str, Any], backends: list[str]) -> None:
+    write_run_file(info.dir, {
+        **previous,
+        "id": info.id, "name": info.name, "project": cfg.project, "entity": cfg.entity, "tags": list(cfg.tags),
+        "notes": cfg.notes, "group": info.group, "sweep": cfg.sweep, "status": "running",
+        "started": previous.get("started", time.time()), "finished": None,
+        "resumed_at": time.time() if previous else None,
+        "pid": os.getpid(), "host": socket.gethostname(),
+        "backends": {n: redact(dict(cfg.backends[n] or {})) for n in backends},
+        "fallback": cfg.fallback, "backend_ids": dict(previous.get("backend_ids", {})), "config": info.config,
+        "start_timeout": cfg.start_timeout, "flush_timeout": cfg.flush_timeout,
+    })
+
+
+def _start_delivery(cfg: TrackingConfig, info: RunInfo, journal: Journal,
+                    chosen: Mapping[str, tuple[BackendInfo, BaseModel]], previous: Mapping[str, Any]) -> Delivery:
+    if cfg.delivery == "process":
+        return ProcessDelivery.start(
+            journal, info.dir, {n: dict(cfg.backends[n] or {}) for n in chosen}, fallback=cfg.fallback,
+            start_timeout=cfg.start_timeout, strict=cfg.strict)
+    if previous:
+        wait_for_orphaned_delivery(info.dir, previous)
+    return start_dispatcher(journal, info, {n: options for n, (_, options) in chosen.items()},
+                            dict(previous.get("backend_ids", {})), fallback=cfg.fallback,
+                            start_timeout=cfg.start_timeout, strict=cfg.strict)
 
 
 def wait_for_orphaned_delivery(run_dir: Path, data: Mapping[str, Any]) -> None:
@@ -222,11 +240,7 @@ def sync(run_dir: str | os.PathLike[str], backend: str | None = None) -> dict[st
         names = [backend]
     found = discover()
     last = journal.last_seq
-    info = RunInfo(
-        id=data["id"], name=data["name"], project=data.get("project", "foundry-track"), entity=data.get("entity"),
-        tags=tuple(data.get("tags", ())), notes=data.get("notes"), group=data.get("group"),
-        config=data.get("config", {}), dir=run_dir, resumed=True, sweep=data.get("sweep"),
-    )
+    info = run_info(data, run_dir, resumed=True)
     dispatcher = Dispatcher(journal, info, start_timeout=data.get("start_timeout", 60.0), strict=False,
                             on_identity=lambda n, ident: save_identity(run_dir, n, ident))
     dispatcher.status = status

@@ -27,7 +27,8 @@ from tests.helpers.recorder import records
 from tests.helpers.tb import accumulator, scalars
 
 HOOKS = set(hookspecs.__all__)
-LOG_HOOKS = HOOKS - {"tracker_options_model", "tracker_unavailable"}
+# The hooks a run calls; tracker_doctor is called by `foundry-track doctor`, never in a run.
+LOG_HOOKS = HOOKS - {"tracker_options_model", "tracker_unavailable", "tracker_doctor"}
 
 
 def _text(acc: Any, tag: str) -> list[str]:

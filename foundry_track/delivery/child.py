@@ -17,14 +17,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final, Mapping
+
+from pydantic import BaseModel
 
 from foundry_track.delivery.process import CHILD_MODULE, lock_run
 from foundry_track.delivery.threads import start_dispatcher, validate_options
-from foundry_track.events import RunInfo
 from foundry_track.journal import JOURNAL_FILE, Journal
 from foundry_track.plugins import discover
-from foundry_track.rundir import read_run_file, update_run_file
+from foundry_track.rundir import read_run_file, run_info, update_run_file
 
 __all__ = ["main"]
 
@@ -90,6 +91,46 @@ def _follow(journal: Journal, stop: threading.Event) -> None:
             journal.wake()
 
 
+def _protocol_channel() -> IO[str]:
+    """The pipe to the training process, for our JSON lines only: what the
+    SDKs print (MLflow's "View run ..." lines, C libraries) goes to stderr."""
+    channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    return channel
+
+
+def _log_to_parent(channel: IO[str], level: int) -> None:
+    """foundry_track's own records go to the training process (its logging
+    configuration decides what to show); the SDKs' warnings go to stderr."""
+    ours = logging.getLogger("foundry_track")
+    ours.addHandler(_ToParent(channel))
+    ours.setLevel(level)
+    ours.propagate = False
+    logging.basicConfig(level=logging.WARNING, format="foundry-track delivery (pid %(process)d): %(name)s: %(message)s")
+
+
+def _backend_options(backends: Mapping[str, Any], journal: Journal,
+                     run_dir: Path) -> tuple[dict[str, BaseModel], list[str]]:
+    """Each backend's validated options, and the backends this process cannot find."""
+    found = discover()
+    options: dict[str, BaseModel] = {}
+    missing: list[str] = []
+    for name, raw in backends.items():
+        if name in found and found[name].available:
+            options[name] = validate_options(found[name], raw)
+            continue
+        # Imported by the training script but not installed: this process
+        # finds plugins through entry points (or PYTHONPATH) only.
+        missing.append(name)
+        journal.register_backend(name)
+        _log.error("backend %r is not available in the delivery process (%s); its events stay in the "
+                   "journal. Install it as a distribution (or put it on PYTHONPATH), then: foundry-track sync "
+                   "%s --backend %s", name, found[name].problem if name in found else "not installed",
+                   run_dir, name)
+    return options, missing
+
+
 def main(argv: list[str] | None = None) -> int:
     """The delivery process: ``python -m foundry_track.delivery RUN_DIR``, started by ``init``."""
     args = sys.argv[1:] if argv is None else argv
@@ -103,47 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = os.getppid()
     lines = _Lines()
-    # The pipe to the training process carries only our JSON lines: what the
-    # SDKs print (MLflow's "View run ..." lines, C libraries) goes to stderr.
-    channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
-    sys.stdout.flush()
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    channel = _protocol_channel()
     setup = json.loads(lines.next(parent) or "{}")
-    # foundry_track's own records go to the training process (its logging
-    # configuration decides what to show); the SDKs' warnings go to stderr.
-    ours = logging.getLogger("foundry_track")
-    ours.addHandler(_ToParent(channel))
-    ours.setLevel(int(setup.get("log_level", logging.INFO)))
-    ours.propagate = False
-    logging.basicConfig(level=logging.WARNING, format="foundry-track delivery (pid %(process)d): %(name)s: %(message)s")
+    _log_to_parent(channel, int(setup.get("log_level", logging.INFO)))
     run_dir = Path(args[0]).resolve()
     data = read_run_file(run_dir)
-    info = RunInfo(
-        id=data["id"], name=data["name"], project=data.get("project", "foundry-track"), entity=data.get("entity"),
-        tags=tuple(data.get("tags", ())), notes=data.get("notes"), group=data.get("group"),
-        config=data.get("config", {}), dir=run_dir, resumed=data.get("resumed_at") is not None,
-        sweep=data.get("sweep"),
-    )
+    info = run_info(data, run_dir, resumed=data.get("resumed_at") is not None)
     owner = data.get("pid")
     # One delivery process per run at a time: after a crash, the orphaned one
     # finishes before a resumed run's starts (or `sync` runs), so no event is
     # delivered twice and no backend run is closed under its successor.
     lock = lock_run(run_dir)
     journal = Journal(run_dir / JOURNAL_FILE)
-    found = discover()
-    options, missing = {}, []
-    for name, raw in setup.get("backends", {}).items():
-        if name in found and found[name].available:
-            options[name] = validate_options(found[name], raw)
-        else:
-            # Imported by the training script but not installed: this process
-            # finds plugins through entry points (or PYTHONPATH) only.
-            missing.append(name)
-            journal.register_backend(name)
-            _log.error("backend %r is not available in the delivery process (%s); its events stay in the "
-                       "journal. Install it as a distribution (or put it on PYTHONPATH), then: foundry-track sync "
-                       "%s --backend %s", name, found[name].problem if name in found else "not installed",
-                       run_dir, name)
+    options, missing = _backend_options(setup.get("backends", {}), journal, run_dir)
     dispatcher = start_dispatcher(journal, info, options, data.get("backend_ids", {}),
                                   fallback=setup.get("fallback"), start_timeout=float(setup.get("start_timeout", 60)),
                                   strict=bool(setup.get("strict", False)))

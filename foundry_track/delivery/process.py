@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
-import signal
 import subprocess
 import sys
 import threading

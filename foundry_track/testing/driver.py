@@ -1,0 +1,397 @@
+"""Steps 2 and 3 of the kit: driving a backend's hooks on a thread of their own
+with a deadline per call, and the end-to-end runs through ``foundry_track.init``
+and ``foundry_track.sync``, with thread and process delivery."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import string
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from foundry_track.events import RunInfo
+from foundry_track.testing.cases import (
+    Case,
+    log_every_kind,
+    new_run_cases,
+    restart_cases,
+    sync_cases,
+    write_inputs,
+)
+from foundry_track.testing.contract import Loaded
+from foundry_track.testing.report import Checker
+
+if TYPE_CHECKING:
+    from foundry_track.plugins import BackendHooks
+
+__all__ = ["HookThread", "drive_hooks", "end_to_end"]
+
+
+# --------------------------------------------------------------------------- #
+# Calling hooks on a thread of their own, with a deadline
+# --------------------------------------------------------------------------- #
+
+
+class _Hung(Exception):
+    """A hook call did not return in time (control flow, never leaves this module)."""
+
+
+@dataclass
+class _Call:
+    call: Callable[[BackendHooks], object]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: object = None
+    error: BaseException | None = None
+    traceback: str = ""
+
+
+class HookThread:
+    """Calls one backend instance's hooks on one thread, as its dispatcher worker would."""
+
+    def __init__(self, hooks: BackendHooks, name: str) -> None:
+        self._hooks = hooks
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self.hung = False
+        self._thread = threading.Thread(target=self._loop, name=f"foundry-track-conformance-{name}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._calls.get()
+            if item is None:
+                return
+            try:
+                item.result = item.call(self._hooks)
+            except BaseException as exc:  # noqa: BLE001 - reported to the caller
+                item.error, item.traceback = exc, traceback.format_exc()
+            item.done.set()
+
+    def call(self, call: Callable[[BackendHooks], object], timeout: float) -> _Call:
+        """Make ``call`` on the backend's thread; raise :class:`_Hung` after ``timeout`` seconds."""
+        if self.hung:
+            raise _Hung
+        item = _Call(call)
+        self._calls.put(item)
+        if not item.done.wait(timeout):
+            self.hung = True  # the thread is stuck in the backend; abandon it like the dispatcher does
+            raise _Hung
+        return item
+
+    def close(self) -> None:
+        if not self.hung:
+            self._calls.put(None)
+            self._thread.join(5)
+
+
+# --------------------------------------------------------------------------- #
+# Step 2: every hook, on three instances
+# --------------------------------------------------------------------------- #
+
+
+def _run_id() -> str:
+    return "ck" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(6))
+
+
+def drive_hooks(checker: Checker, backend: Loaded) -> None:
+    """A new run on a fresh instance; a restart with the identity it returned on
+    a second; a sync with nothing to deliver on a third."""
+    from foundry_track.plugins import BackendHooks, build_plugin_manager
+
+    run_dir = checker.root / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    files = write_inputs(checker.root / "inputs")
+    # What init(params=...) hands to tracker_start: nested, secrets already redacted.
+    config = {"lr": 0.001, "model": {"layers": 2, "name": "tiny"}, "data": {"files": ["a.txt", "ñ.txt"]},
+              "wandb_api_key": "***", "seed": None}
+    info = RunInfo(id=_run_id(), name="conformance", project="foundry-track-conformance", entity=None,
+                   tags=("conformance", "ünïcode-tag"), notes="foundry_track.testing.check_backend",
+                   group="conformance-kit", config=config, dir=run_dir, resumed=False)
+
+    def instance(cases: list[Case]) -> Mapping[str, str] | None:
+        hooks = BackendHooks(build_plugin_manager({checker.name: backend.factory()}, trace=False), checker.name)
+        thread = HookThread(hooks, checker.name)
+        try:
+            return _drive(checker, thread, hooks.implemented, cases)
+        finally:
+            thread.close()
+
+    identity = instance(new_run_cases(info, backend.options, files))
+    if identity is None:
+        return
+    resumed = replace(info, resumed=True)
+    if instance(restart_cases(resumed, backend.options, identity)) is None:
+        return
+    instance(sync_cases(resumed, backend.options, identity))
+
+
+def _drive(checker: Checker, thread: HookThread, implemented: frozenset[str], cases: list[Case]
+           ) -> Mapping[str, str] | None:
+    """Run the cases on one instance; return the start identity, or None if the instance is unusable."""
+    identity: Mapping[str, str] = {}
+    for case in cases:
+        if case.hook not in implemented:
+            if case.hook != "tracker_start":
+                checker.skip(f"{case.hook} (not implemented)")
+            continue
+        started = time.perf_counter()
+        try:
+            call = thread.call(case.call, checker.hook_timeout)
+        except _Hung:
+            checker.problem(case.name, case.hook, f"did not return within {checker.hook_timeout:g} s: a hook must "
+                            "not block forever (use timeouts on network calls)")
+            checker.result(case.name, case.hook, time.perf_counter() - started, False)
+            return None
+        checker.result(case.name, case.hook, time.perf_counter() - started, call.error is None)
+        if call.error is not None:
+            hint = f" ({case.hint})" if case.hint else ""
+            checker.problem(case.name, case.hook, f"raised {type(call.error).__name__}: {call.error}{hint}",
+                            call.traceback)
+            if case.hook == "tracker_start":
+                checker.skip(f"the cases after {case.name!r} (tracker_start failed)")
+                return None
+            continue
+        if case.hook == "tracker_start":
+            identity = _identity(checker, case, call.result)
+    return identity
+
+
+def _identity(checker: Checker, case: Case, result: object) -> Mapping[str, str]:
+    """What ``tracker_start`` returned, as the str-to-str mapping the journal keeps."""
+    if result is None:
+        return {}
+    if not isinstance(result, Mapping):
+        checker.problem(case.name, case.hook, f"must return a mapping of str to str or None, "
+                        f"returned {type(result).__name__}")
+        return {}
+    if any(not isinstance(k, str) or not isinstance(v, str) for k, v in result.items()):
+        checker.advise("tracker_start's identity should map str to str (other values are converted with str())")
+    return {str(k): str(v) for k, v in result.items()}
+
+
+# --------------------------------------------------------------------------- #
+# Step 3: end to end, through foundry_track.init and foundry_track.sync
+# --------------------------------------------------------------------------- #
+
+
+def end_to_end(checker: Checker, raw_options: Mapping[str, Any]) -> None:
+    """A new run, its resume ending ``failed``, a sync that replays everything,
+    then a run with the backend in the delivery process."""
+    cfg = {
+        "project": "foundry-track-conformance", "run_name": "conformance-e2e",
+        "tags": ["conformance", "ünïcode-tag"], "group": "conformance-kit",
+        "dir": str(checker.root / "runs"), "backends": {checker.name: dict(raw_options)}, "fallback": None,
+        "strict": True, "flush_timeout": checker.hook_timeout, "start_timeout": checker.hook_timeout,
+    }
+    case = "end to end: a new run through foundry_track.init (strict)"
+    made = _logged_run(checker, case, cfg, range(30),
+                       params={"lr": 0.001, "model": {"layers": 2}, "api_key": "hidden"})
+    if made is None or made[1] is None:
+        return
+    run_dir = made[0]
+    _check_delivered(checker, case, run_dir, made[1])
+    if not _resume_ending_failed(checker, cfg, run_dir):
+        return
+    _sync_replays(checker, run_dir)
+    _in_a_delivery_process(checker, cfg)
+
+
+def _resume_ending_failed(checker: Checker, cfg: Mapping[str, Any], run_dir: Path) -> bool:
+    """Resume the run, log steps lower than its last, end it ``failed``; False if that went wrong."""
+    import foundry_track
+
+    case = "end to end: resume the run, log lower steps, end as failed"
+    started = time.perf_counter()
+    with _failures() as failures:
+        try:
+            run = foundry_track.init(cfg, resume=run_dir)
+        except Exception as exc:  # noqa: BLE001
+            checker.problem(case, None, f"foundry_track.init(resume=...) failed: {type(exc).__name__}: {exc}",
+                            traceback.format_exc())
+            return False
+
+        def resumed() -> dict[str, int]:
+            for step in range(20, 40):  # 20..29 were logged before the "crash"
+                run.log({"train/loss": 1.0 / (step + 1), "train/ñandú": float(step)}, step=step)
+            return run.finish("failed")
+
+        undelivered = _guarded(checker, case, failures, resumed)
+    checker.timed(case, "foundry_track.init", started)
+    if undelivered is None:
+        return False
+    _check_delivered(checker, case, run_dir, undelivered)
+    return True
+
+
+def _sync_replays(checker: Checker, run_dir: Path) -> None:
+    """``foundry_track.sync`` after the journal forgot every delivery: each event arrives again."""
+    import foundry_track
+    from foundry_track.journal import JOURNAL_FILE, Journal
+
+    case = "end to end: foundry-track sync replays every event the backend already has"
+    journal = Journal(run_dir / JOURNAL_FILE)
+    journal.set_position(checker.name, 0)  # as if the process died after each hook returned, before the commit
+    journal.close()
+    box: dict[str, Any] = {}
+
+    def replay() -> None:
+        try:
+            box["left"] = foundry_track.sync(run_dir, backend=checker.name)
+        except BaseException as exc:  # noqa: BLE001
+            box["error"], box["traceback"] = exc, traceback.format_exc()
+
+    deadline = checker.hook_timeout * 2
+    started = time.perf_counter()
+    with _failures() as failures:
+        thread = threading.Thread(target=replay, name="foundry-track-conformance-sync", daemon=True)
+        thread.start()
+        thread.join(deadline)
+    _report_failures(checker, case, failures)
+    checker.timed(case, "foundry_track.sync", started)
+    if thread.is_alive():
+        checker.problem(case, None, f"foundry_track.sync did not return within {deadline:g} s")
+    elif "error" in box:
+        checker.problem(case, None, f"sync raised {type(box['error']).__name__}: {box['error']}", box["traceback"])
+    elif box.get("left"):
+        checker.problem(case, None, f"events left undelivered after sync: {box['left']}")
+
+
+def _in_a_delivery_process(checker: Checker, cfg: Mapping[str, Any]) -> None:
+    """The same run with ``tracking.delivery: process``: the backend in a fresh
+    interpreter, found through its entry point, options sent as JSON."""
+    case = "end to end: the backend in the delivery process (tracking.delivery: process)"
+    errors: list[str] = []
+    made = _logged_run(checker, case, {**cfg, "run_name": "conformance-e2e-process", "delivery": "process"},
+                       range(10), errors=errors)
+    if any("not available in the delivery process" in message for message in errors):
+        checker.advise("With tracking.delivery: process the backend runs in a fresh interpreter, which did not "
+                       "find it: install it as a distribution (its entry point), or put it on PYTHONPATH.")
+        return
+    if made is None or made[1] is None:
+        return
+    _check_delivered(checker, case, made[0], made[1])
+
+
+def _logged_run(checker: Checker, case: str, cfg: Mapping[str, Any], steps: range, *,
+                errors: list[str] | None = None, **init_kwargs: Any) -> tuple[Path, dict[str, int] | None] | None:
+    """A run through ``foundry_track.init`` that logs every kind of event at
+    ``steps`` and finishes: (run dir, undelivered, or None if it raised), or
+    None when ``init`` itself failed. Error messages logged meanwhile are
+    added to ``errors``."""
+    import foundry_track
+
+    started = time.perf_counter()
+    with _failures() as failures, _errors() as logged:
+        try:
+            run = foundry_track.init(dict(cfg), **init_kwargs)
+        except Exception as exc:  # noqa: BLE001
+            checker.problem(case, None, f"foundry_track.init failed: {type(exc).__name__}: {exc}",
+                            traceback.format_exc())
+            return None
+        run_dir = run.dir
+        assert run_dir is not None
+        undelivered = _guarded(checker, case, failures, lambda: log_every_kind(run, checker.root, steps))
+    checker.timed(case, "foundry_track.init", started)
+    if errors is not None:
+        errors.extend(logged)
+    return run_dir, undelivered
+
+
+def _guarded(checker: Checker, case: str, failures: list[logging.LogRecord], body: Callable[[], dict[str, int]]
+             ) -> dict[str, int] | None:
+    """``body()``, with a strict run's :class:`BackendError` reported as the hook that failed."""
+    from foundry_track.errors import BackendError
+
+    try:
+        return body()
+    except BackendError as exc:
+        _report_failures(checker, case, failures)
+        if not checker.report.problems_with(case=case):
+            checker.problem(case, None, f"the backend failed: {exc}", traceback.format_exc())
+    except Exception as exc:  # noqa: BLE001
+        checker.problem(case, None, f"the run raised {type(exc).__name__}: {exc}", traceback.format_exc())
+    return None
+
+
+def _report_failures(checker: Checker, case: str, failures: list[logging.LogRecord]) -> None:
+    for record in failures:
+        hook, tb = _failed_hook(record)
+        last = tb.strip().splitlines()[-1] if tb.strip() else record.getMessage()
+        checker.problem(case, hook, f"raised {last}", tb)
+
+
+def _check_delivered(checker: Checker, case: str, run_dir: Path, undelivered: Mapping[str, int]) -> None:
+    from foundry_track.journal import JOURNAL_FILE, Journal
+
+    if undelivered:
+        checker.problem(case, None, f"events not delivered when the run finished: {dict(undelivered)}")
+        return
+    journal = Journal(run_dir / JOURNAL_FILE, readonly=True)
+    position, last = journal.position(checker.name), journal.refresh()
+    if position != last:
+        checker.problem(case, None, f"the journal says the backend has events up to {position} of {last}")
+
+
+# --------------------------------------------------------------------------- #
+# What the dispatcher logs while a run goes on
+# --------------------------------------------------------------------------- #
+
+# The dispatcher's report of a failing hook: args are (backend, hook, ..., traceback).
+_FAILED_PREFIX: Final = "backend %r failed in %s"
+
+
+class _FailureHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, str) and record.msg.startswith(_FAILED_PREFIX):
+            self.records.append(record)
+
+
+class _failures:
+    """Collect the dispatcher's "backend X failed in HOOK" reports while a block runs."""
+
+    def __enter__(self) -> list[logging.LogRecord]:
+        self.handler = _FailureHandler()
+        logging.getLogger("foundry_track").addHandler(self.handler)
+        return self.handler.records
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("foundry_track").removeHandler(self.handler)
+
+
+class _ErrorHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+class _errors:
+    """Collect every error message of foundry_track's loggers while a block runs
+    (the delivery process's arrive as plain records)."""
+
+    def __enter__(self) -> list[str]:
+        self.handler = _ErrorHandler()
+        logging.getLogger("foundry_track").addHandler(self.handler)
+        return self.handler.messages
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("foundry_track").removeHandler(self.handler)
+
+
+def _failed_hook(record: logging.LogRecord) -> tuple[str | None, str]:
+    args = record.args if isinstance(record.args, tuple) else ()
+    hook = str(args[1]) if len(args) > 1 else None
+    tb = str(args[-1]) if args else ""
+    return hook, tb
