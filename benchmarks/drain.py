@@ -33,9 +33,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _common import (
+    KEYS,
+    expected_values,
+    fmt_rate,
+    fmt_s,
+    local_tracker_env,
+    machine,
+    markdown_table,
+    provenance,
+    step_metrics,
+    text_table,
+    update_doc,
+    wait_until,
+)
 from _mlflow import mlflow_target
-from _common import (KEYS, expected_values, fmt_rate, fmt_s, local_tracker_env, machine, markdown_table,
-                     provenance, step_metrics, text_table, update_doc, wait_until)
 from _readback import Received, compare, mlflow_values, tensorboard_values, wandb_values
 
 BACKENDS = ("tensorboard", "mlflow", "wandb")

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _mlflow import mlflow_target
 from _common import ROOT, fmt_s, local_tracker_env, machine, markdown_table, provenance, text_table, update_doc
+from _mlflow import mlflow_target
 
 BACKENDS = ("tensorboard", "wandb", "mlflow")
 LABEL = {"tensorboard": "TensorBoard", "wandb": "W&B (offline)", "mlflow": "MLflow (HTTP)"}

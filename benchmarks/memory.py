@@ -31,8 +31,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from _common import (ROOT, fmt_s, local_tracker_env, machine, markdown_table, provenance, step_metrics, text_table,
-                     update_doc, wait_until)
+from _common import (
+    ROOT,
+    fmt_s,
+    local_tracker_env,
+    machine,
+    markdown_table,
+    provenance,
+    step_metrics,
+    text_table,
+    update_doc,
+    wait_until,
+)
 
 PLUGINS = Path(__file__).resolve().parent / "_plugins"
 FLUSH_TIMEOUT = 2.0

@@ -21,8 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import foundry_track as ft
 from _common import markdown_table, provenance, update_doc
+
+import foundry_track as ft
 from foundry_track.journal import JOURNAL_FILE, Journal
 
 KEYS = [f"train/metric_{i}" for i in range(10)]

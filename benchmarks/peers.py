@@ -50,8 +50,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import (IMG_DIR, Stats, expected_values, fmt_s, fmt_us, local_tracker_env, machine,
-                     markdown_table, provenance, step_metrics, text_table, update_doc)
+from _common import (
+    IMG_DIR,
+    Stats,
+    expected_values,
+    fmt_s,
+    fmt_us,
+    local_tracker_env,
+    machine,
+    markdown_table,
+    provenance,
+    step_metrics,
+    text_table,
+    update_doc,
+)
 from _readback import Received, compare, mlflow_values, tensorboard_values, wandb_values
 
 BACKENDS = ("wandb", "tensorboard", "mlflow")

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from _common import load_average, local_tracker_env, machine
 
 ROOT = Path(__file__).resolve().parent.parent

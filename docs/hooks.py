@@ -194,12 +194,13 @@ def backends_table() -> str:
 # --------------------------------------------------------------------------- #
 
 _STAGES = {
-    "tracker_options_model": "discovery", "tracker_unavailable": "discovery",
+    "tracker_options_model": "discovery", "tracker_unavailable": "discovery", "tracker_doctor": "doctor",
     "tracker_start": "start", "tracker_finish": "finish",
 }
 _STAGE_TEXT = {
     "discovery": "Called on a fresh instance when the backend is listed or a run is configured, on the "
                  "calling thread. Must be cheap and must not import the tracker's SDK.",
+    "doctor": "Called by `foundry-track doctor` on a fresh instance, on the calling thread, never during a run.",
     "start": "Called once per run on the backend's worker thread, bounded by `start_timeout`.",
     "log": "Called on the backend's worker thread, in journal order, only after `tracker_start` returned.",
     "finish": "Called once on the backend's worker thread after every event was offered, bounded by "
@@ -240,6 +241,7 @@ def rst_to_markdown(text: str, hooks: set[str]) -> str:
 
     text = re.sub(r":(func|class|data|meth|attr|mod):`([^`]+)`", role, text)
     text = re.sub(r"``([^`]+)``", r"`\1`", text)
+    text = re.sub(r"^\.\. versionadded:: (\S+)$", r"*New in version \1.*", text, flags=re.M)
     text = text.replace("::\n", ":\n")
     lines, out = text.splitlines(), []
     i = 0
@@ -269,8 +271,10 @@ def hook_reference() -> str:
         function = getattr(hookspecs, name)
         spec = getattr(function, f"{hookspecs.PROJECT_NAME}_spec", {}) or {}
         stage = _STAGES.get(name, "log")
-        returns = ("returns a value (the first non-None result is used)" if spec.get("firstresult")
-                   else "return value ignored")
+        if spec.get("firstresult"):
+            returns = "returns a value (the first non-None result is used)"
+        else:
+            returns = "return value ignored" if hook_signature(name).endswith("-> None") else "returns a value"
         out += [
             f"### `{hook_signature(name)}` {{ #{name} }}",
             "",

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # Re-exported: they live in a pydantic-free module so the CLI can use them cheaply.
 from foundry_track.errors import ConfigError, format_validation_error
-from foundry_track.params import REDACTED, flatten, is_secret_key, redact
+from foundry_track.params import REDACTED, flatten, redact
 
 __all__ = [
     "TrackingConfig",
@@ -43,7 +43,7 @@ class TrackingConfig(BaseModel):
     tags: list[str] = Field(default_factory=list, description="Tags attached to the run in every backend.", examples=[["baseline", "gpt2"]])
     notes: str | None = Field(None, description="Free-text description of the run.", examples=["first try with warmup"])
     backends: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"tensorboard": {}},
+        default_factory=lambda: {"tensorboard": dict[str, Any]()},
         description="Backend name -> that backend's options (validated by the backend). `FOUNDRY_TRACK_BACKENDS=a,b` overrides the selection.",
         examples=[{"tensorboard": {}, "mlflow": {"tracking_uri": "sqlite:///mlflow.db"}}],
     )

@@ -10,6 +10,7 @@ never touches the training loop or the other workers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -89,6 +90,10 @@ def _nothing(_hooks: BackendHooks) -> None:
     return None
 
 
+def _bind(method: Callable[[BackendHooks, Any], None], event: Any) -> Callable[[BackendHooks], None]:
+    return lambda hooks: method(hooks, event)
+
+
 def hook_groups(records: list[Record]) -> Iterator[Batch]:
     """The hook calls that deliver ``records``; consecutive metrics are one batch."""
     i, n = 0, len(records)
@@ -99,15 +104,16 @@ def hook_groups(records: list[Record]) -> Iterator[Batch]:
             while j < n and records[j].kind == "metrics":
                 j += 1
             rows = [MetricRow(r.step, r.time, r.data) for r in records[i:j]]
-            yield Batch("tracker_log_metrics", "metrics", lambda h, rows=rows: h.log_metrics(rows),
+            yield Batch("tracker_log_metrics", "metrics", functools.partial(BackendHooks.log_metrics, rows=rows),
                         records[j - 1].seq, j - i)
             i = j
             continue
         if rec.kind == "params":
-            yield Batch("tracker_log_params", "params", lambda h, p=rec.data: h.log_params(p), rec.seq, 1)
+            yield Batch("tracker_log_params", "params", functools.partial(BackendHooks.log_params, params=rec.data),
+                        rec.seq, 1)
         elif rec.kind in _EVENT_TYPES:
             hook, _, method = _EVENT_TYPES[rec.kind]
-            yield Batch(hook, rec.kind, lambda h, e=to_event(rec), m=method: m(h, e), rec.seq, 1)
+            yield Batch(hook, rec.kind, _bind(method, to_event(rec)), rec.seq, 1)
         else:
             yield Batch(None, rec.kind, _nothing, rec.seq, 1)
         i += 1

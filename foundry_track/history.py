@@ -18,12 +18,12 @@ import math
 import os
 import sqlite3
 import time
-import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from foundry_track.checks import mask_url
 from foundry_track.errors import MissingDependency, RunDirError
 from foundry_track.journal import JOURNAL_FILE, Journal
 from foundry_track.rundir import (
@@ -37,7 +37,6 @@ from foundry_track.rundir import (
 __all__ = [
     "RUN_FILE",
     "BackendState",
-    "CleanDecision",
     "MetricPoint",
     "MetricStats",
     "MissingDependency",
@@ -52,8 +51,6 @@ __all__ = [
     "mask_url",
     "metric_points",
     "metric_series",
-    "parse_age",
-    "plan_clean",
     "resolve_run",
     "scan",
 ]
@@ -338,23 +335,6 @@ def _inside(path: Path, parent: Path) -> bool:
     return True
 
 
-def mask_url(url: str) -> str:
-    """``https://user:secret@host/x`` -> ``https://user:***@host/x``; anything else unchanged.
-
-    ``redact`` hides values under secret-looking keys; a password inside a URL
-    (a tracking URI, a proxy) needs this as well before it is printed.
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-        password, port = parts.password, parts.port
-    except ValueError:
-        return url
-    if password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{port}" if port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
 # --------------------------------------------------------------------------- #
 # Metrics
 # --------------------------------------------------------------------------- #
@@ -472,93 +452,3 @@ def scan(run_dir: str | os.PathLike[str]) -> RunContents:
     finally:
         journal.close()
     return contents
-
-
-# --------------------------------------------------------------------------- #
-# What `clean` may remove
-# --------------------------------------------------------------------------- #
-
-
-@dataclass(frozen=True, slots=True)
-class CleanDecision:
-    run: RunSummary
-    remove: bool
-    reason: str
-
-
-def parse_age(text: str) -> float:
-    """``7d``, ``12h``, ``30m``, ``45s``, ``2w`` -> seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    value = text.strip().lower()
-    try:
-        if not value or value[-1] not in units:
-            raise ValueError
-        number = float(value[:-1])
-        if number < 0 or not math.isfinite(number):
-            raise ValueError
-    except ValueError:
-        raise RunDirError(f"--older-than {text!r}: expected a number and a unit, e.g. 7d, 12h, 30m, 45s or 2w") from None
-    return number * units[value[-1]]
-
-
-def plan_clean(runs: Sequence[RunSummary], *, synced_only: bool, force: bool, older_than: float | None,
-               now: float | None = None) -> list[CleanDecision]:
-    """Decide, per run, whether ``foundry-track clean`` removes its directory.
-
-    * A run a process may still be writing is never removed (on another host
-      we cannot tell: only ``--force`` removes it).
-    * A run with events some backend never acknowledged, an offline copy not
-      uploaded yet (W&B offline), or a crashed run never synced, is kept unless
-      ``--force`` (and always with ``--synced-only``).
-    * ``--synced-only`` also keeps runs where a backend's only copy is inside the
-      run directory (TensorBoard event files, W&B offline files): removing the
-      directory would remove that data.
-    """
-    now = time.time() if now is None else now
-    decisions: list[CleanDecision] = []
-    for run in runs:
-        decisions.append(_decide(run, synced_only=synced_only, force=force, older_than=older_than, now=now))
-    return decisions
-
-
-def _decide(run: RunSummary, *, synced_only: bool, force: bool, older_than: float | None, now: float) -> CleanDecision:
-    if run.state == "running":
-        return CleanDecision(run, False, f"live: process {run.pid} is writing it")
-    if run.state == "running?" and not force:
-        return CleanDecision(run, False, f"marked running by host {run.host}, which cannot be checked from here "
-                                         "(--force removes it)")
-    if older_than is not None:
-        activity = run.activity
-        if activity is None or now - activity < older_than:
-            return CleanDecision(run, False, f"newer than {_age(older_than)}")
-    offline = {name: b.awaiting_upload for name, b in run.backends.items() if b.awaiting_upload}
-    if run.pending or offline or run.state in ("crashed", "running?"):
-        problems = [f"{name}: {count:,} pending" for name, count in run.pending.items()]
-        problems += [f"{name}: offline files not uploaded yet ({folder})" for name, folder in offline.items()]
-        what = "; ".join(problems) or "crashed before finishing"
-        if force and not synced_only:
-            lost = sum(run.pending.values())
-            return CleanDecision(run, True, f"{what} (--force: {lost:,} undelivered events are lost)"
-                                 if lost else f"{what} (--force)")
-        first = [f"`foundry-track sync {run.dir}`"] if run.pending or run.state == "crashed" else []
-        first += [f"upload the offline files (W&B: `wandb sync {next(iter(offline.values()))}`)"] if offline else []
-        hint = " and ".join(first) + " first" + ("" if synced_only else ", or --force to drop them")
-        return CleanDecision(run, False, f"{what}; {hint}")
-    if synced_only:
-        local = local_copies(run)
-        if local:
-            names = ", ".join(sorted(local))
-            verb = "keeps its only copy" if len(local) == 1 else "keep their only copies"
-            return CleanDecision(run, False, f"{names} {verb} inside the run directory "
-                                             "(clean without --synced-only removes it)")
-        return CleanDecision(run, True, "every backend has every event, kept outside the run directory")
-    local = local_copies(run)
-    extra = f" (with it: {', '.join(sorted(local))} files inside the run directory)" if local else ""
-    return CleanDecision(run, True, "every backend has every event" + extra)
-
-
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"

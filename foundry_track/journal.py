@@ -84,7 +84,7 @@ def _number(value: Any) -> float | int:
     journal's thread rather than the training step.
     """
     if type(value) in (float, int):
-        return value
+        return value  # type: ignore[no-any-return]
     item = getattr(value, "item", None)
     if item is not None:
         value = item()
@@ -117,7 +117,7 @@ def _insert_sql(rows: int) -> str:
 def _rows_per_statement(con: sqlite3.Connection) -> int:
     # 32,766 parameters since SQLite 3.32, 999 before; getlimit is Python 3.11+.
     getlimit = getattr(con, "getlimit", None)
-    limit = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if getlimit else 999
+    limit = getlimit(getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", 9)) if getlimit else 999
     return max(1, min(_BATCH_EVENTS, limit // 5))
 
 
@@ -397,7 +397,7 @@ class Journal:
 
     def max_step(self) -> int | None:
         row = self._conn().execute("SELECT MAX(step) FROM events WHERE kind = 'metrics'").fetchone()
-        return row[0]
+        return None if row[0] is None else int(row[0])
 
     # -- delivery positions ------------------------------------------------ #
 

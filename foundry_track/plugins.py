@@ -197,10 +197,11 @@ def _add_trace(pm: pluggy.PluginManager) -> None:
         trace_log.addHandler(handler)
     trace_log.setLevel(logging.INFO)
 
-    def before(hook_name: str, impls: list[Any], kwargs: Mapping[str, Any]) -> None:
+    def before(hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
         started[id(kwargs)] = time.perf_counter()
 
-    def after(outcome: Any, hook_name: str, impls: list[Any], kwargs: Mapping[str, Any]) -> None:
+    def after(outcome: pluggy.Result[Any], hook_name: str, impls: Sequence[pluggy.HookImpl],
+              kwargs: Mapping[str, Any]) -> None:
         elapsed = time.perf_counter() - started.pop(id(kwargs), time.perf_counter())
         size = next((len(v) for v in kwargs.values() if isinstance(v, (list, tuple, dict))), 1)
         failed = " FAILED" if outcome.exception is not None else ""

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tensorboard.plugins.hparams import api_pb2, metadata as hp_metadata, plugin_data_pb2
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+from tensorboard.plugins.hparams import metadata as hp_metadata
 
 import foundry_track as ft
 from foundry_track import hookspecs
@@ -199,7 +200,7 @@ SDK_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow
 def test_tracker_unavailable_of_every_builtin_names_its_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     builtins = {n: i for n, i in discover().items() if i.distribution == "foundry-track"}
     assert "tensorboard" in builtins
-    for name, info in builtins.items():
+    for info in builtins.values():
         assert instantiate(info).tracker_unavailable() is None  # installed here
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

@@ -3,12 +3,10 @@ file and from MLflow's store (the TensorBoard side is tests/test_media_tensorboa
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import foundry_track as ft
 from foundry_track.media import encode_png

@@ -24,6 +24,13 @@ from typing import Any, Iterator
 
 import mlflow
 import pytest
+from foundry_track_mlflow import (
+    MAX_PARAM_VAL_LENGTH,
+    MlflowBackend,
+    MlflowOptions,
+    clean_name,
+    is_transient,
+)
 from mlflow.exceptions import MlflowException, RestException
 
 import foundry_track as ft
@@ -39,13 +46,6 @@ from foundry_track.events import (
     TextEvent,
 )
 from foundry_track.journal import JOURNAL_FILE, Journal
-from foundry_track_mlflow import (
-    MAX_PARAM_VAL_LENGTH,
-    MlflowBackend,
-    MlflowOptions,
-    clean_name,
-    is_transient,
-)
 from tests.helpers.mlflow_server import MlflowServer, free_port
 from tests.helpers.tb import scalars
 

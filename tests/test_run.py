@@ -156,7 +156,7 @@ def test_context_manager_marks_failed_and_reraises(rec: dict, tmp_path: Path) ->
     with pytest.raises(ZeroDivisionError):
         with ft.init(rec) as run:
             run.log({"a": 1.0})
-            1 / 0
+            1 / 0  # noqa: B018 - an error inside the block
     assert [r["status"] for r in records(tmp_path / "rec.jsonl") if r["hook"] == "finish"] == ["failed"]
     assert json.loads((Path(run.dir) / RUN_FILE).read_text())["status"] == "failed"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tensorboard.plugins.hparams import metadata as hp_metadata, plugin_data_pb2
+from tensorboard.plugins.hparams import metadata as hp_metadata
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 import foundry_track as ft
 from tests.helpers.tb import accumulator, scalars

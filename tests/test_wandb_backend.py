@@ -15,6 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from foundry_track_wandb import (
+    EXIT_CODES,
+    INSTALL,
+    STEP_METRIC,
+    WandbBackend,
+    WandbOptions,
+    has_credentials,
+    resolve_base_url,
+    resolve_mode,
+)
 from PIL import Image
 
 import foundry_track as ft
@@ -28,18 +38,8 @@ from foundry_track.events import (
     TableEvent,
     TextEvent,
 )
-from foundry_track_wandb import (
-    EXIT_CODES,
-    INSTALL,
-    STEP_METRIC,
-    WandbBackend,
-    WandbOptions,
-    has_credentials,
-    resolve_base_url,
-    resolve_mode,
-)
 from tests.helpers.tb import scalars
-from tests.helpers.wandb_offline import OfflineRun, find_run_files, read_all_offline_runs, read_offline_run
+from tests.helpers.wandb_offline import find_run_files
 from tests.helpers.wandb_offline import finished_runs as _finished_runs
 
 SECRET = "hunter2-not-for-wandb"

@@ -15,7 +15,8 @@ from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary, Summar
 from tensorboard.compat.proto.tensor_pb2 import TensorProto
 from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
 from tensorboard.compat.proto.types_pb2 import DT_STRING
-from tensorboard.plugins.hparams import api_pb2, metadata as hp_metadata, plugin_data_pb2
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+from tensorboard.plugins.hparams import metadata as hp_metadata
 
 _Value = Summary.Value
 _END_STATUS = {
@@ -99,7 +100,7 @@ def _masked_crc_function() -> Callable[[bytes], int]:
     crc = google_crc32c.value
 
     def masked(data: bytes) -> int:
-        x = crc(data)
+        x = int(crc(data))
         return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
     return masked

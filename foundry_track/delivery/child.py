@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from foundry_track.delivery.process import CHILD_MODULE, lock_run
 from foundry_track.delivery.threads import start_dispatcher, validate_options
+from foundry_track.events import Status
 from foundry_track.journal import JOURNAL_FILE, Journal
 from foundry_track.plugins import discover
 from foundry_track.rundir import read_run_file, run_info, update_run_file
@@ -165,14 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     follower.start()
     line = lines.next(parent)
     orphaned = line is None
-    if orphaned:
-        message = {"finish": "killed", "deadline": time.time() + float(data.get("flush_timeout", 30.0))}
-    else:
+    status: Status = "killed"
+    deadline = time.time() + float(data.get("flush_timeout", 30.0))
+    if line is not None:
         message = json.loads(line)
+        status, deadline = message["finish"], float(message["deadline"])
     stop.set()
     follower.join()
     journal.refresh()  # the training process committed everything before asking to finish
-    undelivered = dispatcher.finish(message["finish"], max(0.0, float(message["deadline"]) - time.time()))
+    undelivered = dispatcher.finish(status, max(0.0, deadline - time.time()))
     undelivered.update({n: max(0, journal.last_seq - journal.position(n)) for n in missing})
     journal.close()
     if orphaned and read_run_file(run_dir).get("pid") == owner:  # nobody else will close the run
