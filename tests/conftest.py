@@ -20,13 +20,11 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[N
     """No test reads the developer's trackers, credentials or run folders.
 
     ``FOUNDRY_TRACK_TEST_DELIVERY=process`` runs every test with the backends in
-    the delivery process (``tracking.delivery``) instead of threads;
-    ``FOUNDRY_TRACK_NO_SPEEDUPS=1`` with the Python ``run.log`` only.
+    the delivery process (``tracking.delivery``) instead of threads.
     """
     delivery = os.environ.get("FOUNDRY_TRACK_TEST_DELIVERY")
     for var in list(os.environ):
-        # FOUNDRY_TRACK_NO_SPEEDUPS=1 runs the suite on the Python run.log (subprocesses too).
-        if var.startswith(("FOUNDRY_TRACK_", "WANDB_", "_WANDB", "MLFLOW_")) and var != "FOUNDRY_TRACK_NO_SPEEDUPS":
+        if var.startswith(("FOUNDRY_TRACK_", "WANDB_", "_WANDB", "MLFLOW_")):
             monkeypatch.delenv(var)
     if delivery:
         monkeypatch.setenv("FOUNDRY_TRACK_DELIVERY", delivery)
