@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from model_foundry.cli import SWEEP_PARAMETERS, main, parse_value
 from model_foundry.progress import Progress
+
 from tests.test_trainer_guide import tensorboard_scalars
 from tests.test_trainer_run import tiny
 

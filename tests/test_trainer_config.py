@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from model_foundry.config import ConfigError, ExperimentConfig, LoggingConfig, load_experiment
 
 from foundry_track import TrackingConfig
-from model_foundry.config import ConfigError, ExperimentConfig, LoggingConfig, load_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 GUIDE_LOGGING_FIELDS = [

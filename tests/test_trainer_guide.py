@@ -186,7 +186,6 @@ def test_sweep_config_parameters_map_onto_the_cli() -> None:
 def test_wandb_logger_watch_and_artifact(tmp_path: Path) -> None:
     """watch_model and log_artifact of the guide's class reach the backends (TensorBoard here)."""
     import torch
-
     from model_foundry.logging_components import WandBLogger
 
     model = torch.nn.Linear(4, 2)

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import torch
 import yaml
-
 from model_foundry.config import ExperimentConfig
 from model_foundry.trainer import Trainer
+
 from tests.helpers.wandb_offline import read_offline_run
 from tests.test_trainer_guide import tensorboard_scalars, wandb_steps
 

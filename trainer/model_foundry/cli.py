@@ -23,13 +23,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from model_foundry.config import ConfigError, ExperimentConfig, load_experiment
 
-__all__ = ["main", "SWEEP_PARAMETERS", "parse_value"]
+if TYPE_CHECKING:
+    from model_foundry.trainer import Trainer
+
+__all__ = ["SWEEP_PARAMETERS", "main", "parse_value"]
 
 #: Sweep parameter name -> config field. Dotted names are accepted as they are.
 SWEEP_PARAMETERS: dict[str, str] = {
@@ -137,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = _build_parser().parse_known_args(argv)
     try:
         config = load_from_args(args, extra)
-        from model_foundry.trainer import Trainer  # imports torch: only once the config is known to be good
+        # Importing the trainer imports torch: only once the config is known to be good.
+        from model_foundry.trainer import Trainer
 
         trainer = Trainer(config, base_dir=args.base_dir, progress=not args.no_progress)
         summary = trainer.train()
@@ -167,11 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _viewer_hints(trainer: Any) -> list[str]:
+def _viewer_hints(trainer: Trainer) -> list[str]:
     """How to look at the run in each local backend it used."""
     backend_ids = trainer.run.backend_ids
     hints = []
-    if "tensorboard" in backend_ids:  # --logdir on the folder of all runs compares them
+    if "tensorboard" in backend_ids and trainer.run.dir is not None:  # --logdir on the folder of all runs compares them
         hints.append(f"TensorBoard: tensorboard --logdir {os.path.relpath(trainer.run.dir.parent)}")
     mlflow = (trainer.config.tracking_config().backends.get("mlflow") or {})
     if "mlflow" in backend_ids:

@@ -31,28 +31,35 @@ Where the tracker settings come from (highest wins)
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-from pathlib import Path
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 import foundry_track
 from foundry_track import TrackingConfig
 from foundry_track.config import read_yaml
+from foundry_track.errors import format_validation_error
 
 __all__ = [
+    "DEFAULT_PROJECT",
     "ConfigError",
     "DataConfig",
+    "ExperimentConfig",
+    "LoggingConfig",
     "ModelConfig",
     "TrainingConfig",
-    "LoggingConfig",
-    "ExperimentConfig",
-    "load_experiment",
     "apply_overrides",
-    "DEFAULT_PROJECT",
+    "load_experiment",
 ]
 
 DEFAULT_PROJECT = "model-foundry"
@@ -72,7 +79,7 @@ class _Block(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    def dict(self, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+    def dict(self, **kwargs: Any) -> dict[str, Any]:
         return self.model_dump(**kwargs)
 
 
@@ -80,11 +87,11 @@ class DataConfig(_Block):
     """Which text the model reads. Bytes are the tokens: no tokenizer to train or download."""
 
     files: list[str] | None = Field(
-        None,
+        default=None,
         description="Text files to train on (relative to base_dir). Default: the Spanish corpus shipped in model_foundry/data.",
         examples=[["data/my_corpus.txt"]],
     )
-    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Fraction of the text (taken from the end) held out for validation.")
+    val_fraction: float = Field(default=0.1, gt=0, lt=0.5, description="Fraction of the text (taken from the end) held out for validation.")
     remove_sentences_matching: list[str] = Field(
         default_factory=list,
         description="Ablations: sentences matching any of these regular expressions (case-insensitive) are removed before training.",
@@ -105,15 +112,15 @@ class DataConfig(_Block):
 class ModelConfig(_Block):
     """Shape of the GPT-2 style decoder (vocabulary: the 256 byte values)."""
 
-    layers: int = Field(4, ge=1, description="Number of transformer blocks.")
-    hidden_size: int = Field(128, ge=8, description="Width of the residual stream (embedding size).")
-    heads: int = Field(4, ge=1, description="Attention heads per block; must divide hidden_size.")
-    context_length: int = Field(128, ge=2, description="Longest sequence the model sees, in bytes.")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on attention, residual and embeddings.")
+    layers: int = Field(default=4, ge=1, description="Number of transformer blocks.")
+    hidden_size: int = Field(default=128, ge=8, description="Width of the residual stream (embedding size).")
+    heads: int = Field(default=4, ge=1, description="Attention heads per block; must divide hidden_size.")
+    context_length: int = Field(default=128, ge=2, description="Longest sequence the model sees, in bytes.")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on attention, residual and embeddings.")
 
     @field_validator("heads")
     @classmethod
-    def _divides(cls, heads: int, info: Any) -> int:
+    def _divides(cls, heads: int, info: ValidationInfo) -> int:
         hidden = info.data.get("hidden_size")
         if hidden is not None and hidden % heads:
             raise ValueError(f"heads={heads} must divide hidden_size={hidden}")
@@ -123,38 +130,38 @@ class ModelConfig(_Block):
 class TrainingConfig(_Block):
     """Optimisation: AdamW, linear warmup then cosine decay, gradient clipping."""
 
-    steps: int = Field(1000, ge=1, description="Total optimiser steps (the schedule ends here).")
-    batch_size: int = Field(16, ge=1, description="Sequences per step.")
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate, reached after warmup_steps.")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Learning rate at the end of the cosine, as a fraction of lr.")
-    warmup_steps: int = Field(100, ge=0, description="Steps of linear warmup from 0 to lr.")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (not applied to biases, norms and embeddings).")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
-    grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this value (0 disables clipping).")
-    use_amp: bool = Field(False, description="Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling). Ignored on CPU.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks CUDA when available.")
-    seed: int = Field(1337, description="Seed for weights, batches and dropout.")
-    eval_batches: int = Field(8, ge=1, description="Validation batches averaged for val/loss.")
-    checkpoint_every_n_steps: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: only at the end).")
-    resume_from: str | None = Field(None, description="Checkpoint to resume from (model, optimiser, schedule, RNG and the tracker runs).")
-    num_threads: int | None = Field(None, ge=1, description="CPU threads for PyTorch (default: PyTorch's choice).")
+    steps: int = Field(default=1000, ge=1, description="Total optimiser steps (the schedule ends here).")
+    batch_size: int = Field(default=16, ge=1, description="Sequences per step.")
+    lr: float = Field(default=1e-3, gt=0, description="Peak learning rate, reached after warmup_steps.")
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="Learning rate at the end of the cosine, as a fraction of lr.")
+    warmup_steps: int = Field(default=100, ge=0, description="Steps of linear warmup from 0 to lr.")
+    weight_decay: float = Field(default=0.1, ge=0, description="AdamW weight decay (not applied to biases, norms and embeddings).")
+    betas: tuple[float, float] = Field(default=(0.9, 0.95), description="AdamW betas.")
+    grad_clip: float = Field(default=1.0, ge=0, description="Clip the global gradient norm to this value (0 disables clipping).")
+    use_amp: bool = Field(default=False, description="Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling). Ignored on CPU.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="'auto' picks CUDA when available.")
+    seed: int = Field(default=1337, description="Seed for weights, batches and dropout.")
+    eval_batches: int = Field(default=8, ge=1, description="Validation batches averaged for val/loss.")
+    checkpoint_every_n_steps: int = Field(default=0, ge=0, description="Save a checkpoint every N steps (0: only at the end).")
+    resume_from: str | None = Field(default=None, description="Checkpoint to resume from (model, optimiser, schedule, RNG and the tracker runs).")
+    num_threads: int | None = Field(default=None, ge=1, description="CPU threads for PyTorch (default: PyTorch's choice).")
 
 
 class LoggingConfig(_Block):
     """The guide's logging block: local logs plus the W&B shortcuts."""
 
-    console_level: LogLevel = Field("INFO", description="Level of the log lines printed on the console.")
-    file_level: LogLevel = Field("DEBUG", description="Level of the log lines written to the log file under `dir`.")
-    dir: str = Field("logs", description="Folder of the log files (relative to base_dir).")
-    use_wandb: bool = Field(False, description="Shortcut: add the `wandb` backend to the tracking block.")
-    wandb_project: str | None = Field(None, description="Shortcut: the project of the run (W&B project, MLflow experiment) unless `tracking.project` is set.")
-    wandb_entity: str | None = Field(None, description="Shortcut: the W&B team or user unless `tracking.entity` is set.")
-    use_structured_logging: bool = Field(False, description="Write the log file as JSON lines (one object per record) instead of text.")
-    log_metrics_every_n_steps: int = Field(10, ge=1, description="Log train/* metrics (loss, lr, grad norm, tokens/s, perplexity) every N steps.")
-    log_detailed_metrics_every_n_steps: int = Field(100, ge=1, description="Evaluate and log val/* metrics every N steps (and at the last step).")
-    profile_performance: bool = Field(False, description="Also log perf/* timings with the train metrics: time per step, data loading time and its fraction.")
-    log_memory_every_n_steps: int = Field(100, ge=1, description="Log system/* metrics (process RSS, CUDA memory) every N steps.")
-    max_log_files: int = Field(10, ge=1, description="Log files kept per experiment; the oldest is deleted when a run starts a new one.")
+    console_level: LogLevel = Field(default="INFO", description="Level of the log lines printed on the console.")
+    file_level: LogLevel = Field(default="DEBUG", description="Level of the log lines written to the log file under `dir`.")
+    dir: str = Field(default="logs", description="Folder of the log files (relative to base_dir).")
+    use_wandb: bool = Field(default=False, description="Shortcut: add the `wandb` backend to the tracking block.")
+    wandb_project: str | None = Field(default=None, description="Shortcut: the project of the run (W&B project, MLflow experiment) unless `tracking.project` is set.")
+    wandb_entity: str | None = Field(default=None, description="Shortcut: the W&B team or user unless `tracking.entity` is set.")
+    use_structured_logging: bool = Field(default=False, description="Write the log file as JSON lines (one object per record) instead of text.")
+    log_metrics_every_n_steps: int = Field(default=10, ge=1, description="Log train/* metrics (loss, lr, grad norm, tokens/s, perplexity) every N steps.")
+    log_detailed_metrics_every_n_steps: int = Field(default=100, ge=1, description="Evaluate and log val/* metrics every N steps (and at the last step).")
+    profile_performance: bool = Field(default=False, description="Also log perf/* timings with the train metrics: time per step, data loading time and its fraction.")
+    log_memory_every_n_steps: int = Field(default=100, ge=1, description="Log system/* metrics (process RSS, CUDA memory) every N steps.")
+    max_log_files: int = Field(default=10, ge=1, description="Log files kept per experiment; the oldest is deleted when a run starts a new one.")
 
     @field_validator("console_level", "file_level", mode="before")
     @classmethod
@@ -174,18 +181,19 @@ class ExperimentConfig(_Block):
     model: ModelConfig = Field(default_factory=ModelConfig, description="The model's shape.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation and checkpoints.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Local logs and the W&B shortcuts.")
-    tracking: TrackingConfig | None = Field(None, description="foundry_track's tracking block (backends, project, run dir...). Explicit values win over the logging shortcuts.")
+    tracking: TrackingConfig | None = Field(default=None, description="foundry_track's tracking block (backends, project, run dir...). Explicit values win over the logging shortcuts.")
 
     def __init__(self, **data: Any) -> None:
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ConfigError(_one_line(exc, type(self))) from None
+            # The project's one formatter, on one line: `logging.use_wandbb: unknown key; did you mean 'use_wandb'?`
+            raise ConfigError(format_validation_error(exc, type(self), sep="; ")) from None
 
     def tracking_config(self) -> TrackingConfig:
         """The tracking block foundry_track receives, with the precedence in the module docstring."""
-        explicit = self.tracking or TrackingConfig()
-        given = self.tracking.model_fields_set if self.tracking is not None else set()
+        explicit = self.tracking or TrackingConfig.model_validate({})
+        given = explicit.model_fields_set
         values = explicit.model_dump()
         backends = dict(values["backends"])
         if self.logging.use_wandb:
@@ -202,39 +210,6 @@ class ExperimentConfig(_Block):
             del backends["wandb"]
         values["backends"] = backends
         return TrackingConfig.model_validate(values)
-
-
-def _one_line(exc: ValidationError, model: type[BaseModel]) -> str:
-    """pydantic's errors as one line: ``path: problem (got value)``, joined with '; '."""
-    parts = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        path = ".".join(loc) or "config"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"{path}: unknown key{_did_you_mean(model, loc)}")
-        elif err["type"] == "missing":
-            parts.append(f"{path}: required field is missing")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            parts.append(f"{path}: {msg} (got {err.get('input')!r})")
-    return "; ".join(parts)
-
-
-def _did_you_mean(model: type[BaseModel], loc: list[str]) -> str:
-    """Walk the nested models along ``loc`` to suggest the closest valid key."""
-    target: Any = model
-    for part in loc[:-1]:
-        fields = getattr(target, "model_fields", None)
-        if not fields or part not in fields:
-            return ""
-        annotation = fields[part].annotation
-        # `TrackingConfig | None` -> TrackingConfig
-        target = next((a for a in getattr(annotation, "__args__", (annotation,)) if hasattr(a, "model_fields")), None)
-    valid = list(getattr(target, "model_fields", {}) or {})
-    match = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
-    if match:
-        return f"; did you mean {match[0]!r}?"
-    return f"; valid keys: {', '.join(valid)}" if valid else ""
 
 
 # --------------------------------------------------------------------------- #

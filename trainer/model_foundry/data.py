@@ -15,7 +15,7 @@ import torch
 
 from model_foundry.config import ConfigError, DataConfig
 
-__all__ = ["CORPUS_DIR", "corpus_files", "load_text", "remove_sentences", "ByteDataset", "encode", "decode"]
+__all__ = ["CORPUS_DIR", "ByteDataset", "corpus_files", "decode", "encode", "load_text", "remove_sentences"]
 
 CORPUS_DIR = Path(__file__).parent / "data"
 # A sentence ends at . ! ? or … followed by whitespace, or at a blank line.
@@ -23,17 +23,20 @@ _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|\n\s*\n")
 
 
 def encode(text: str) -> torch.Tensor:
+    """UTF-8 bytes of ``text`` as a uint8 tensor (the token ids)."""
     return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).clone()
 
 
 def decode(ids: torch.Tensor | list[int]) -> str:
+    """Token ids back to text; a sequence cut mid-character decodes with U+FFFD."""
     return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
 
 def corpus_files(cfg: DataConfig, base_dir: Path) -> list[Path]:
+    """``data.files`` under ``base_dir``, or the shipped corpus; a missing file is a ConfigError."""
     if cfg.files is None:
         return sorted(CORPUS_DIR.glob("*.txt"))
-    files = [p if p.is_absolute() else base_dir / p for p in map(Path, cfg.files)]
+    files = [path if path.is_absolute() else base_dir / path for path in map(Path, cfg.files)]
     for path in files:
         if not path.is_file():
             raise ConfigError(f"data.files: {str(path)!r} does not exist (paths are relative to base_dir {str(base_dir)!r})")
@@ -49,11 +52,11 @@ def remove_sentences(text: str, patterns: list[str]) -> tuple[str, int]:
     """
     if not patterns:
         return text, 0
-    rx = re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
+    matcher = re.compile("|".join(f"(?:{pattern})" for pattern in patterns), re.IGNORECASE)
     kept, removed = [], 0
     for paragraph in re.split(r"\n\s*\n", text):
         sentences = _SENTENCE_END.split(paragraph)
-        keep = [s for s in sentences if not rx.search(s)]
+        keep = [sentence for sentence in sentences if not matcher.search(sentence)]
         removed += len(sentences) - len(keep)
         if keep:
             kept.append(" ".join(keep))
@@ -65,7 +68,7 @@ def load_text(cfg: DataConfig, base_dir: Path) -> tuple[str, int]:
     files = corpus_files(cfg, base_dir)
     if not files:
         raise ConfigError(f"data.files: no .txt files found in {CORPUS_DIR}")
-    text = "\n\n".join(p.read_text(encoding="utf-8").strip() for p in files)
+    text = "\n\n".join(path.read_text(encoding="utf-8").strip() for path in files)
     return remove_sentences(text, cfg.remove_sentences_matching)
 
 
@@ -95,14 +98,14 @@ class ByteDataset:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``batch_size`` windows of ``context_length`` bytes; targets are the inputs shifted by one."""
         data = self.train if split == "train" else self.val
-        T = self.context_length
-        starts = torch.randint(len(data) - T - 1, (batch_size,), generator=generator or self.generator)
-        x = torch.stack([data[i : i + T] for i in starts.tolist()]).long()
-        y = torch.stack([data[i + 1 : i + 1 + T] for i in starts.tolist()]).long()
+        length = self.context_length
+        starts = torch.randint(len(data) - length - 1, (batch_size,), generator=generator or self.generator).tolist()
+        inputs = torch.stack([data[start : start + length] for start in starts]).long()
+        targets = torch.stack([data[start + 1 : start + 1 + length] for start in starts]).long()
         if device.type == "cuda":
             # Pinned memory + non_blocking: the copy overlaps the previous step's kernels.
-            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-        return x, y
+            return inputs.pin_memory().to(device, non_blocking=True), targets.pin_memory().to(device, non_blocking=True)
+        return inputs, targets
 
     @property
     def num_bytes(self) -> int:

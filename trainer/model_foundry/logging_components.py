@@ -14,18 +14,24 @@ import logging
 import logging.handlers
 import os
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, TextIO
 
 import foundry_track
 from foundry_track import TrackingConfig
 
 if TYPE_CHECKING:
     import torch
+    from typing_extensions import Self
 
     from model_foundry.config import LoggingConfig
 
-__all__ = ["setup_logging", "JsonFormatter", "system_metrics", "WandBLogger"]
+    _StreamHandler = logging.StreamHandler[TextIO]
+else:  # StreamHandler is subscriptable at runtime only from Python 3.11
+    _StreamHandler = logging.StreamHandler
+
+__all__ = ["JsonFormatter", "WandBLogger", "setup_logging", "system_metrics"]
 
 LOGGER_NAME = "model_foundry"
 _LOG_FILE_BYTES = 10 * 2**20  # a single run's file rolls over past this size too
@@ -55,15 +61,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-class _ConsoleHandler(logging.StreamHandler):
+class _ConsoleHandler(_StreamHandler):
     """Clears a live progress bar before printing, so lines do not collide."""
 
-    before_emit: Any = None
+    before_emit: Callable[[], None] | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.before_emit is not None:
             self.before_emit()
         super().emit(record)
+
+
+class _FileHandler(logging.handlers.RotatingFileHandler):
+    """The run's log file (a class of its own, so a second setup_logging replaces it)."""
 
 
 def setup_logging(cfg: LoggingConfig, log_dir: Path, experiment_name: str) -> Path:
@@ -77,7 +87,7 @@ def setup_logging(cfg: LoggingConfig, log_dir: Path, experiment_name: str) -> Pa
     log_dir.mkdir(parents=True, exist_ok=True)
     suffix = ".jsonl" if cfg.use_structured_logging else ".log"
     path = log_dir / f"{experiment_name}{suffix}"
-    file_handler = logging.handlers.RotatingFileHandler(
+    file_handler = _FileHandler(
         path, maxBytes=_LOG_FILE_BYTES, backupCount=cfg.max_log_files - 1, encoding="utf-8", delay=True
     )
     if path.exists() and path.stat().st_size > 0:
@@ -92,18 +102,17 @@ def setup_logging(cfg: LoggingConfig, log_dir: Path, experiment_name: str) -> Pa
 
     for name in (LOGGER_NAME, "foundry_track"):
         logger = logging.getLogger(name)
-        for old in [h for h in logger.handlers if getattr(h, "_model_foundry", False)]:
+        for old in [handler for handler in logger.handlers if isinstance(handler, (_FileHandler, _ConsoleHandler))]:
             logger.removeHandler(old)
             old.close()
-        for handler in (file_handler, console):
-            handler._model_foundry = True  # type: ignore[attr-defined]
-            logger.addHandler(handler)
+        logger.addHandler(file_handler)
+        logger.addHandler(console)
         logger.setLevel(min(logging.getLevelName(cfg.console_level), logging.getLevelName(cfg.file_level)))
     logging.getLogger(LOGGER_NAME).propagate = False
     return path
 
 
-def set_console_hook(hook: Any) -> None:
+def set_console_hook(hook: Callable[[], None] | None) -> None:
     """Call ``hook()`` before each console line (the progress bar clears itself)."""
     for handler in logging.getLogger(LOGGER_NAME).handlers:
         if isinstance(handler, _ConsoleHandler):
@@ -172,8 +181,8 @@ class WandBLogger:
     or ``enabled=False`` turns the logger into a no-op.
     """
 
-    def __init__(self, project: str, name: str, config: dict,
-                 tags: Optional[List[str]] = None, enabled: bool = True):
+    def __init__(self, project: str, name: str, config: dict[str, Any],
+                 tags: list[str] | None = None, enabled: bool = True) -> None:
         """
         Args:
             project: WandB project name
@@ -185,7 +194,6 @@ class WandBLogger:
         self.enabled = enabled and os.environ.get("WANDB_MODE", "").lower() != "disabled"
         self.run: foundry_track.Run | None = None
         self._step = 0
-        self._warned: set[str] = set()
         if not self.enabled:
             return
         backends: dict[str, dict[str, Any]] = {"tensorboard": {}}
@@ -194,7 +202,8 @@ class WandBLogger:
             backends["wandb"] = {}
         else:
             _log.warning("W&B is not available, logging to TensorBoard only: %s", problem.splitlines()[0])
-        self.run = foundry_track.init(TrackingConfig(project=project, run_name=name, tags=list(tags or []), backends=backends))
+        self.run = foundry_track.init(TrackingConfig.model_validate(
+            {"project": project, "run_name": name, "tags": list(tags or []), "backends": backends}))
         self.run.log_params(config)
 
     def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -211,28 +220,20 @@ class WandBLogger:
     def watch_model(self, model: Any, log_freq: int = 100) -> None:
         """Histograms of the model's parameters and gradients every ``log_freq`` backward passes."""
         if self.run is not None:
-            self._call("watch", model, log="all", log_freq=log_freq)
+            self.run.watch(model, log="all", log_freq=log_freq)
 
     def log_artifact(self, artifact_path: str, artifact_type: str, name: str) -> None:
         """Log an artifact (a checkpoint file or directory, a dataset...)."""
         if self.run is not None:
-            self._call("log_artifact", artifact_path, type=artifact_type, name=name)
+            self.run.log_artifact(artifact_path, type=artifact_type, name=name)
 
     def finish(self) -> None:
         """Finish the run: deliver what is queued (bounded by the tracking flush_timeout)."""
         if self.run is not None:
             self.run.finish()
 
-    def __enter__(self) -> WandBLogger:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.finish()
-
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
-        fn = getattr(self.run, method, None)
-        if fn is not None:
-            fn(*args, **kwargs)
-        elif method not in self._warned:
-            self._warned.add(method)
-            _log.warning("WandBLogger.%s: this foundry_track version has no Run.%s; skipped", method, method)

@@ -4,15 +4,23 @@ Tokens are bytes (vocabulary 256), so the model needs no tokenizer. The shape
 follows GPT-2: learned position embeddings, pre-norm blocks of causal
 self-attention and a 4x GELU MLP, a final LayerNorm and an output layer tied to
 the token embedding.
+
+Shapes are named as in nanoGPT: B batch, T sequence length, C channels
+(hidden_size).
 """
+
+# nn.Module.__call__ is typed as returning Any, so a forward that returns a
+# submodule's output would need a cast on every line.
+# mypy: disable-error-code="no-any-return"
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from model_foundry.config import ModelConfig
 
@@ -81,9 +89,9 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections by 1/sqrt(2 * layers) so the
         # residual stream does not grow with depth.
-        for name, p in self.named_parameters():
+        for name, param in self.named_parameters():
             if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.layers))
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * cfg.layers))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -99,11 +107,11 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``idx`` (B, T) byte ids -> logits (B, T, 256) and, given targets, the mean cross-entropy."""
-        B, T = idx.shape
-        if T > self.cfg.context_length:
-            raise ValueError(f"sequence of length {T} is longer than model.context_length={self.cfg.context_length}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
+        length = idx.size(1)
+        if length > self.cfg.context_length:
+            raise ValueError(f"sequence of length {length} is longer than model.context_length={self.cfg.context_length}")
+        positions = torch.arange(length, device=idx.device)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))
         for block in self.blocks:
             x = block(x)
         logits = self.head(self.ln_f(x))
@@ -112,11 +120,12 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, VOCAB_SIZE), targets.view(-1))
         return logits, loss
 
-    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+    def optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Decay matrices only; biases, LayerNorm weights and embeddings are left alone."""
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
+        for name, param in self.named_parameters():
+            (decay if param.dim() >= 2 and "emb" not in name else no_decay).append(param)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     @torch.no_grad()
@@ -126,7 +135,7 @@ class GPT(nn.Module):
             logits, _ = self(idx[:, -self.cfg.context_length:])
             logits = logits[:, -1, :] / max(temperature, 1e-6)
             if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
+                top_values, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < top_values[:, [-1]]] = -float("inf")
             idx = torch.cat((idx, torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)), dim=1)
         return idx

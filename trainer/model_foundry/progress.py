@@ -13,36 +13,42 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Progress"]
 
 
 def _duration(seconds: float) -> str:
+    """``seconds`` as H:MM:SS."""
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class Progress:
+    """The progress line of a run from ``start`` to ``total`` steps."""
+
     def __init__(self, total: int, start: int = 0, stream: TextIO | None = None, enabled: bool = True) -> None:
         self.total, self.start, self.step = total, start, start
         self.stream = stream or sys.stdout
         self.enabled = enabled
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty = self.stream.isatty()
         self.every = max(1, (total - start) // 10)  # plain mode: ten lines per run
         self.loss: float | None = None
         self.tokens_per_sec = 0.0
-        self._pending: Any = None
+        self._pending: torch.Tensor | None = None
         self._t0 = time.perf_counter()
         self._drawn = 0.0
         self._width = 0
         self._printed = -1
 
-    def update(self, step: int, loss: Any = None, tokens_per_sec: float | None = None) -> None:
+    def update(self, step: int, loss: torch.Tensor | float | None = None, tokens_per_sec: float | None = None) -> None:
         """Called every step; ``loss`` (a tensor or float) only at logging steps."""
         self.step = step
         if loss is not None:
-            if getattr(loss, "is_cuda", False):
+            if not isinstance(loss, (int, float)) and loss.is_cuda:
                 if self._pending is not None:
                     self.loss = float(self._pending)  # computed an interval ago: no stall
                 self._pending = loss
@@ -63,6 +69,7 @@ class Progress:
             self.stream.flush()
 
     def close(self) -> None:
+        """Read the last pending loss and end the live line."""
         if self._pending is not None:
             self.loss = float(self._pending)
             self._pending = None

@@ -5,7 +5,8 @@
 
 Everything is built in ``__init__`` (logs, tracker run, data, model,
 optimiser, and the checkpoint to resume from); ``train`` is one loop that
-reads top to bottom. The tracker is called in a few lines of that loop:
+reads top to bottom. The loop calls the tracker in one line (``_log_step``:
+train, validation and system metrics on the ``logging:`` block's schedule);
 ``run.log`` only queues the values (a loss tensor is read later, on another
 thread), so tracking costs the step microseconds and never a GPU sync.
 
@@ -34,21 +35,28 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List
+from types import FrameType
+from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import foundry_track
 from foundry_track import TrackingConfig
 from foundry_track.distributed import reduce_metrics
-
+from foundry_track.events import Status
 from model_foundry.config import ConfigError, ExperimentConfig
 from model_foundry.data import ByteDataset, decode, encode
-from model_foundry.logging_components import set_console_hook, setup_logging, system_metrics
+from model_foundry.logging_components import (
+    set_console_hook,
+    setup_logging,
+    system_metrics,
+)
 from model_foundry.model import GPT
 from model_foundry.progress import Progress
 
@@ -58,20 +66,32 @@ log = logging.getLogger("model_foundry")
 CHECKPOINT_DIR = "checkpoints"
 
 
+@dataclass
+class _LogState:
+    """What the tracking block carries from one logged step to the next; the summary reads it at the end."""
+
+    window_start: float  # perf_counter() at the last logged step: tokens/s and perf/* cover the steps since
+    window_start_step: int
+    data_time: float = 0.0  # seconds spent fetching batches in the window
+    first_loss: torch.Tensor | None = None
+    last_loss: torch.Tensor | None = None
+    val: dict[str, float] = field(default_factory=dict)
+
+
 class Trainer:
     def __init__(self, config: ExperimentConfig, base_dir: str | os.PathLike[str] = ".", progress: bool = True) -> None:
         self.config = config
         self.base_dir = Path(base_dir).resolve()
         self.show_progress = progress
-        T = config.training
+        training = config.training
         # A checkpoint to resume from also says which tracker run to continue.
-        checkpoint = load_checkpoint(self._path(T.resume_from)) if T.resume_from else None
-        self.device = self._pick_device(T.device)
+        checkpoint = load_checkpoint(self._path(training.resume_from)) if training.resume_from else None
+        self.device = self._pick_device(training.device)
         # Before the tracker starts: foundry_track broadcasts rank 0's run id and directory.
         self.rank, self.world_size, self.owns_process_group = self._join_process_group()
         try:
             self.log_file = self._setup_logging()
-            self.data = ByteDataset(config.data, config.model.context_length, self.base_dir, T.seed + self.rank)
+            self.data = ByteDataset(config.data, config.model.context_length, self.base_dir, training.seed + self.rank)
             # Backend options are validated here, before a model exists.
             self.run = self._start_tracking(checkpoint)
         except BaseException:
@@ -94,23 +114,24 @@ class Trainer:
 
     def _build(self, checkpoint: dict[str, Any] | None) -> None:
         """Model, optimiser, schedule and AMP; then the checkpoint's state, or the new run's hyperparameters."""
-        config, T = self.config, self.config.training
-        torch.manual_seed(T.seed)
-        random.seed(T.seed)
-        if T.num_threads:
-            torch.set_num_threads(T.num_threads)
+        config, training = self.config, self.config.training
+        torch.manual_seed(training.seed)
+        random.seed(training.seed)
+        if training.num_threads:
+            torch.set_num_threads(training.num_threads)
         self.model = GPT(config.model).to(self.device)
         self.optimizer = torch.optim.AdamW(
-            self.model.optimizer_groups(T.weight_decay), lr=T.lr, betas=T.betas,
+            self.model.optimizer_groups(training.weight_decay), lr=training.lr, betas=training.betas,
             fused=self.device.type == "cuda",
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         # bf16 needs no loss scaling; fp16 (older GPUs) does.
-        amp = T.use_amp and self.device.type == "cuda"
+        amp = training.use_amp and self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-        self.autocast = torch.autocast("cuda", dtype=self.amp_dtype) if amp else contextlib.nullcontext()
+        self.autocast: contextlib.AbstractContextManager[Any] = (
+            torch.autocast("cuda", dtype=self.amp_dtype) if amp else contextlib.nullcontext())
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp and self.amp_dtype == torch.float16)
-        if T.use_amp and not amp:
+        if training.use_amp and not amp:
             log.info("training.use_amp applies to CUDA only; training in float32 on %s", self.device)
 
         self.step = 0
@@ -120,7 +141,7 @@ class Trainer:
         # Forward and backward go through the DDP wrapper (it all-reduces the
         # gradients); checkpoints, evaluation and sampling use the plain model.
         # DDP copies rank 0's weights to every rank here, restored ones included.
-        self.ddp_model = self.model if self.world_size == 1 else DistributedDataParallel(
+        self.ddp_model: nn.Module = self.model if self.world_size == 1 else DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if checkpoint is None:
             # Hyperparameters once per run (a resumed run keeps the ones it started with).
@@ -131,39 +152,42 @@ class Trainer:
                 "data/removed_sentences": self.data.removed_sentences,
             })
 
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens one optimiser step trains on, counting every rank's batch."""
+        return self.config.training.batch_size * self.config.model.context_length * self.world_size
+
     # ------------------------------------------------------------------ #
     # The training loop
     # ------------------------------------------------------------------ #
 
     def train(self) -> dict[str, Any]:
         """Train until ``training.steps``; returns a summary (losses, throughput, paths)."""
-        T, L = self.config.training, self.config.logging
-        model, optimizer, run = self.ddp_model, self.optimizer, self.run
-        tokens_per_step = T.batch_size * self.config.model.context_length * self.world_size  # the whole job's
-        start = self.step
-        progress = Progress(T.steps, start=start, enabled=self.show_progress and self.rank == 0)
+        training = self.config.training
+        model, optimizer = self.ddp_model, self.optimizer
+        checkpoint_every = training.checkpoint_every_n_steps
+        start_step = self.step
+        progress = Progress(training.steps, start=start_step, enabled=self.show_progress and self.rank == 0)
         set_console_hook(progress.clear)
         restore_signals = self._catch_stop_signals()
-        log.info("training steps %d..%d, %d tokens per step", start + 1, T.steps, tokens_per_step)
+        log.info("training steps %d..%d, %d tokens per step", start_step + 1, training.steps, self.tokens_per_step)
 
-        first_loss = last_loss = None
-        val: dict[str, float] = {}
-        data_time = 0.0
-        t_start = t_log = time.perf_counter()
-        step_log = start
-        status, consistent, stopped = "failed", True, False
+        started = time.perf_counter()
+        log_state = _LogState(window_start=started, window_start_step=start_step)
+        status: Status = "failed"
+        consistent, stopped = True, False
         try:
             model.train()
-            for step in range(start + 1, T.steps + 1):
-                t_data = time.perf_counter()
-                x, y = self.data.batch("train", T.batch_size, self.device)
-                data_time += time.perf_counter() - t_data
+            for step in range(start_step + 1, training.steps + 1):
+                fetch_start = time.perf_counter()
+                inputs, targets = self.data.batch("train", training.batch_size, self.device)
+                log_state.data_time += time.perf_counter() - fetch_start
 
                 with self.autocast:
-                    _, loss = model(x, y)
+                    _, loss = model(inputs, targets)
                 self.scaler.scale(loss).backward()
                 self.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), T.grad_clip or math.inf)
+                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip or math.inf)
                 self.scaler.step(optimizer)
                 self.scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -171,45 +195,12 @@ class Trainer:
                 self.scheduler.step()
                 self.step = step
 
-                # Tracking. Tensors are handed over as they are: no .item(), no GPU sync.
-                if step % L.log_metrics_every_n_steps == 0:
-                    now = time.perf_counter()
-                    tokens_per_sec = (step - step_log) * tokens_per_step / (now - t_log)
-                    last_loss = loss.detach()
-                    metrics = {
-                        "train/loss": last_loss, "train/lr": lr,
-                        "train/grad_norm": grad_norm, "train/tokens_per_sec": tokens_per_sec,
-                        **(self._perf_metrics(now - t_log, data_time, step - step_log) if L.profile_performance else {}),
-                    }
-                    if self.world_size > 1:
-                        self._log_local_loss(step, last_loss)
-                        # A collective: every rank gets here at the same step with the same keys.
-                        # Mean over ranks: the loss of the job's whole batch; lr and grad_norm
-                        # (gradients already all-reduced by DDP) are equal on every rank, and
-                        # tokens_per_sec is already the job's total (it counts every rank's tokens).
-                        metrics = reduce_metrics(metrics, "mean")
-                        last_loss = metrics["train/loss"]
-                    # exp of the mean loss, not the mean of the ranks' perplexities.
-                    metrics["train/perplexity"] = last_loss.exp()
-                    first_loss = last_loss if first_loss is None else first_loss
-                    run.log(metrics, step=step)  # a no-op on ranks other than 0
-                    progress.update(step, last_loss, tokens_per_sec)
-                    t_log, step_log, data_time = now, step, 0.0
-                if step % L.log_detailed_metrics_every_n_steps == 0 or step == T.steps:
-                    val = self.evaluate()
-                    run.log(val, step=step)
-                    log.info("step %d: val loss %.4f", step, val["val/loss"], extra={"step": step, **val})
-                if step % L.log_memory_every_n_steps == 0:
-                    run.log(system_metrics(self.device), step=step)
-                if T.checkpoint_every_n_steps and step % T.checkpoint_every_n_steps == 0 and step < T.steps:
+                # The tracker: train/*, val/* and system/* on the logging block's schedule.
+                self._log_step(step, loss, lr, grad_norm, log_state, progress)
+                if checkpoint_every and step % checkpoint_every == 0 and step < training.steps:
                     self.save_checkpoint()
                 progress.update(step)
-                # Ctrl-C or SIGTERM: stop cleanly after this step (under torchrun: at the
-                # next logged step, all ranks together; see _stop_agreed).
-                if self.world_size > 1:
-                    stopped = step % L.log_metrics_every_n_steps == 0 and self._stop_agreed()
-                else:
-                    stopped = self.stop_requested
+                stopped = self._stop_now(step)  # after Ctrl-C or SIGTERM: stop cleanly, with a checkpoint
                 if stopped:
                     break
             status = "killed" if stopped else "success"
@@ -217,30 +208,88 @@ class Trainer:
             status, consistent = "killed", False
             raise
         finally:
-            elapsed = time.perf_counter() - t_start
+            elapsed = time.perf_counter() - started
             progress.close()
             set_console_hook(None)
             restore_signals()
-            if status == "killed":
-                log.warning("stopped after step %d", self.step)
-            try:
-                self._finish_run(status, save=status != "failed" and consistent)
-            finally:
-                self._leave_process_group()
+            self._finish_run(status, consistent)
+        return self._summary(self.step - start_step, elapsed, log_state, interrupted=status == "killed")
 
+    def _log_step(self, step: int, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor,
+                  log_state: _LogState, progress: Progress) -> None:
+        """The tracker's part of a training step, on the ``logging:`` block's schedule.
+
+        ``train/*`` (and ``perf/*``) every ``log_metrics_every_n_steps``;
+        ``val/*`` every ``log_detailed_metrics_every_n_steps`` and at the last
+        step; ``system/*`` every ``log_memory_every_n_steps``. Under torchrun
+        every rank calls it at every step: the metric reduction and the
+        evaluation are collectives, so all ranks reach them together.
+        """
+        logging_config = self.config.logging
+        if step % logging_config.log_metrics_every_n_steps == 0:
+            self._log_train_metrics(step, loss, lr, grad_norm, log_state, progress)
+        if step % logging_config.log_detailed_metrics_every_n_steps == 0 or step == self.config.training.steps:
+            log_state.val = self.evaluate()
+            self.run.log(log_state.val, step=step)
+            log.info("step %d: val loss %.4f", step, log_state.val["val/loss"], extra={"step": step, **log_state.val})
+        if step % logging_config.log_memory_every_n_steps == 0:
+            self.run.log(system_metrics(self.device), step=step)
+
+    def _log_train_metrics(self, step: int, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor,
+                           log_state: _LogState, progress: Progress) -> None:
+        """``train/*`` (and ``perf/*``) over the steps since the last logged one.
+
+        Tensors are handed over as they are: no ``.item()``, no GPU sync.
+        """
+        now = time.perf_counter()
+        window_seconds, window_steps = now - log_state.window_start, step - log_state.window_start_step
+        tokens_per_sec = window_steps * self.tokens_per_step / window_seconds
+        step_loss = loss.detach()
+        metrics: dict[str, Any] = {
+            "train/loss": step_loss, "train/lr": lr,
+            "train/grad_norm": grad_norm, "train/tokens_per_sec": tokens_per_sec,
+        }
+        if self.config.logging.profile_performance:
+            metrics.update(self._perf_metrics(window_seconds, log_state.data_time, window_steps))
+        if self.world_size > 1:
+            self._log_local_loss(step, step_loss)
+            # A collective: every rank gets here at the same step with the same keys.
+            # Mean over ranks: the loss of the job's whole batch; lr and grad_norm
+            # (gradients already all-reduced by DDP) are equal on every rank, and
+            # tokens_per_sec is already the job's total (it counts every rank's tokens).
+            metrics = reduce_metrics(metrics, "mean")
+            step_loss = metrics["train/loss"]
+        # exp of the mean loss, not the mean of the ranks' perplexities.
+        metrics["train/perplexity"] = step_loss.exp()
+        if log_state.first_loss is None:
+            log_state.first_loss = step_loss
+        log_state.last_loss = step_loss
+        self.run.log(metrics, step=step)  # a no-op on ranks other than 0
+        progress.update(step, step_loss, tokens_per_sec)
+        log_state.window_start, log_state.window_start_step, log_state.data_time = now, step, 0.0
+
+    def _stop_now(self, step: int) -> bool:
+        """Ctrl-C or SIGTERM: stop cleanly after this step (under torchrun: at the
+        next logged step, all ranks together; see :meth:`_stop_agreed`)."""
+        if self.world_size > 1:
+            return step % self.config.logging.log_metrics_every_n_steps == 0 and self._stop_agreed()
+        return self.stop_requested
+
+    def _summary(self, steps: int, elapsed: float, log_state: _LogState, interrupted: bool) -> dict[str, Any]:
+        """What :meth:`train` returns (and logs as its last line)."""
         summary = {
-            "steps": self.step - start,
-            "steps_per_sec": (self.step - start) / elapsed if elapsed else 0.0,
-            "tokens_per_sec": (self.step - start) * tokens_per_step / elapsed if elapsed else 0.0,
-            "first_loss": float(first_loss) if first_loss is not None else None,
-            "final_loss": float(last_loss) if last_loss is not None else None,
-            "val_loss": val.get("val/loss"),
-            "run_dir": str(run.dir) if run.dir else None,
+            "steps": steps,
+            "steps_per_sec": steps / elapsed if elapsed else 0.0,
+            "tokens_per_sec": steps * self.tokens_per_step / elapsed if elapsed else 0.0,
+            "first_loss": float(log_state.first_loss) if log_state.first_loss is not None else None,
+            "final_loss": float(log_state.last_loss) if log_state.last_loss is not None else None,
+            "val_loss": log_state.val.get("val/loss"),
+            "run_dir": str(self.run.dir) if self.run.dir else None,
             "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "log_file": str(self.log_file),
-            "interrupted": status == "killed",
+            "interrupted": interrupted,
         }
-        log.info("done: %s", ", ".join(f"{k}={_fmt(v)}" for k, v in summary.items()),
+        log.info("done: %s", ", ".join(f"{key}={_fmt(value)}" for key, value in summary.items()),
                  extra={"summary": summary})
         return summary
 
@@ -252,15 +301,15 @@ class Trainer:
         ranks is returned on every rank (a collective: all ranks call it at the
         same steps), so N ranks see N times the validation text.
         """
-        T = self.config.training
+        training = self.config.training
         self.model.eval()
         # Fixed windows: numbers comparable across steps.
-        generator = torch.Generator().manual_seed(T.seed + self.rank)
+        generator = torch.Generator().manual_seed(training.seed + self.rank)
         losses = []
-        for _ in range(T.eval_batches):
-            x, y = self.data.batch("val", T.batch_size, self.device, generator)
+        for _ in range(training.eval_batches):
+            inputs, targets = self.data.batch("val", training.batch_size, self.device, generator)
             with self.autocast:
-                losses.append(self.model(x, y)[1])
+                losses.append(self.model(inputs, targets)[1])
         self.model.train()
         mean = torch.stack(losses).float().mean()
         if self.world_size > 1:
@@ -272,10 +321,10 @@ class Trainer:
     def sample(self, prompt: str = "El ", length: int = 200, temperature: float = 0.8) -> str:
         """Text written by the model, to see what the numbers mean."""
         self.model.eval()
-        idx = encode(prompt).long().unsqueeze(0).to(self.device)
-        out = self.model.generate(idx, length, temperature=temperature, top_k=40)
+        prompt_ids = encode(prompt).long().unsqueeze(0).to(self.device)
+        generated = self.model.generate(prompt_ids, length, temperature=temperature, top_k=40)
         self.model.train()
-        return decode(out[0].tolist())
+        return decode(generated[0].tolist())
 
     # ------------------------------------------------------------------ #
     # Checkpoints
@@ -316,44 +365,59 @@ class Trainer:
         os.replace(tmp, path)  # a crash while saving never leaves a half-written checkpoint
         self.last_checkpoint, self.saved_step = path, self.step
         log.info("step %d: checkpoint %s", self.step, path, extra={"step": self.step, "checkpoint": str(path)})
-        log_artifact = getattr(self.run, "log_artifact", None)  # Run gained artifacts in a later foundry_track
-        if log_artifact is not None and self.run.enabled:
+        if self.run.enabled:
             name = re.sub(r"[^A-Za-z0-9._-]+", "-", self.config.experiment_name)
-            log_artifact(path, type="model", name=f"{name}-checkpoint", description=f"Model checkpoint at step {self.step}")
+            self.run.log_artifact(path, type="model", name=f"{name}-checkpoint",
+                                  description=f"Model checkpoint at step {self.step}")
         return path
 
-    def _catch_stop_signals(self) -> Any:
-        """First Ctrl-C/SIGTERM: finish the step, checkpoint, close the tracker runs. Second: stop at once."""
+    def _catch_stop_signals(self) -> Callable[[], None]:
+        """First Ctrl-C/SIGTERM: finish the step, checkpoint, close the tracker runs. Second: stop at once.
+
+        Returns the function that puts the previous handlers back.
+        """
         self.stop_requested = False
         if threading.current_thread() is not threading.main_thread():
             return lambda: None  # signal handlers can only be set from the main thread
 
-        def request_stop(signum: int, frame: Any) -> None:
+        def request_stop(signum: int, frame: FrameType | None) -> None:
             if self.stop_requested:
                 raise KeyboardInterrupt
             self.stop_requested = True
             log.warning("%s: stopping after this step (again to stop at once)", signal.Signals(signum).name)
 
         previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
 
-    def _finish_run(self, status: str, save: bool) -> None:
-        """Last checkpoint (unless the run failed), an alert, and the tracker's flush."""
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    def _finish_run(self, status: Status, consistent: bool) -> None:
+        """Last checkpoint (unless the run failed or stopped mid-step), an alert, the
+        tracker's flush; then this trainer's process group is left, whatever happened."""
         run = self.run
-        if save and self.step > self.saved_step:
-            self.save_checkpoint()
-        alert = getattr(run, "alert", None)
-        if alert is not None and run.enabled:
-            if status == "success":
-                alert("Training complete", f"Experiment {self.config.experiment_name} finished at step {self.step}", "info")
-            else:
-                alert(f"Training {status}", f"Experiment {self.config.experiment_name} stopped at step {self.step}",
-                      "warn" if status == "killed" else "error")
-        undelivered = run.finish(status)
-        if any(undelivered.values()):
-            log.warning("tracker events not yet delivered: %s (run `foundry-track sync %s`)", undelivered, run.dir)
+        if status == "killed":
+            log.warning("stopped after step %d", self.step)
+        try:
+            if consistent and status != "failed" and self.step > self.saved_step:
+                self.save_checkpoint()
+            if run.enabled:
+                name = self.config.experiment_name
+                if status == "success":
+                    run.alert("Training complete", f"Experiment {name} finished at step {self.step}", "info")
+                else:
+                    run.alert(f"Training {status}", f"Experiment {name} stopped at step {self.step}",
+                              "warn" if status == "killed" else "error")
+            undelivered = run.finish(status)
+            if any(undelivered.values()):
+                log.warning("tracker events not yet delivered: %s (run `foundry-track sync %s`)", undelivered, run.dir)
+        finally:
+            self._leave_process_group()
 
     def _restore(self, state: dict[str, Any]) -> None:
+        """Model, optimiser, schedule, scaler, RNG and step from a checkpoint; each rank gets its own batch stream."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -418,17 +482,19 @@ class Trainer:
         return dist.get_rank(), dist.get_world_size(), True
 
     def _leave_process_group(self) -> None:
+        """Destroy the process group if this trainer created it (at most once)."""
         if self.owns_process_group and dist.is_initialized():
             dist.destroy_process_group()
         self.owns_process_group = False
 
     def _setup_logging(self) -> Path:
         """Rank 0 logs as before; other ranks write ``<experiment>-rank<N>`` and print warnings only."""
-        L = self.config.logging
+        logging_config = self.config.logging
+        log_dir = self._path(logging_config.dir)
         if self.rank == 0:
-            return setup_logging(L, self._path(L.dir), self.config.experiment_name)
-        quiet = L.model_copy(update={"console_level": "WARNING"})
-        return setup_logging(quiet, self._path(L.dir), f"{self.config.experiment_name}-rank{self.rank}")
+            return setup_logging(logging_config, log_dir, self.config.experiment_name)
+        quiet = logging_config.model_copy(update={"console_level": "WARNING"})
+        return setup_logging(quiet, log_dir, f"{self.config.experiment_name}-rank{self.rank}")
 
     def _log_local_loss(self, step: int, loss: torch.Tensor) -> None:
         """This rank's own loss, before the mean over ranks, in its log file (DEBUG only:
@@ -445,7 +511,7 @@ class Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _get_experiment_tags(self) -> List[str]:
+    def _get_experiment_tags(self) -> list[str]:
         """Tags for the run: the experiment, the model's shape, AMP."""
         tags = [self.config.experiment_name]
         tags.append(f"layers-{self.config.model.layers}")
@@ -456,11 +522,11 @@ class Trainer:
 
     def _lr_factor(self, step: int) -> float:
         """Linear warmup to 1, then cosine decay to ``min_lr_ratio`` at ``training.steps``."""
-        T = self.config.training
-        if step < T.warmup_steps:
-            return (step + 1) / T.warmup_steps
-        progress = min(1.0, (step - T.warmup_steps) / max(1, T.steps - T.warmup_steps))
-        return T.min_lr_ratio + (1 - T.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        training = self.config.training
+        if step < training.warmup_steps:
+            return (step + 1) / training.warmup_steps
+        progress = min(1.0, (step - training.warmup_steps) / max(1, training.steps - training.warmup_steps))
+        return training.min_lr_ratio + (1 - training.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def _perf_metrics(self, interval: float, data_time: float, steps: int) -> dict[str, float]:
         """``profile_performance``: where the host time of the last interval went (no GPU sync)."""
@@ -471,11 +537,13 @@ class Trainer:
         }
 
     def _path(self, path: str | os.PathLike[str]) -> Path:
-        p = Path(path)
-        return p if p.is_absolute() else self.base_dir / p
+        """``path`` as given when absolute, else under ``base_dir``."""
+        resolved = Path(path)
+        return resolved if resolved.is_absolute() else self.base_dir / resolved
 
     @staticmethod
     def _pick_device(name: str) -> torch.device:
+        """``training.device`` as a torch device; under torchrun, this process's GPU."""
         if name == "cuda" and not torch.cuda.is_available():
             raise ConfigError("training.device: 'cuda' requested but no CUDA device is available; use 'auto' or 'cpu'")
         if name == "auto":
@@ -486,19 +554,22 @@ class Trainer:
 
 
 def _fmt(value: Any) -> str:
+    """A summary value for the log line: large floats with thousands separators, small ones to 4 digits."""
     if isinstance(value, float):
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     return str(value)
 
 
 def _all_gather(obj: Any) -> list[Any]:
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+    """Every rank's ``obj``, in rank order (a collective)."""
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by :meth:`Trainer.save_checkpoint` (tensors and plain data only)."""
     if not Path(path).is_file():
         raise ConfigError(f"training.resume_from: no checkpoint at {str(path)!r}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    return state
