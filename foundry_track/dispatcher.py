@@ -42,6 +42,7 @@ _log = logging.getLogger("foundry_track")
 BATCH_LIMIT: Final = 2000  # records per read: bounds a lagging backend's memory
 _MAX_PERMANENT_ATTEMPTS: Final = 3
 _BACKOFF_CAP: Final = 10.0  # a server back from an outage is used again within 10 s
+_FLUSH_EVERY: Final = 1.0  # seconds between tracker_flush calls while events flow
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -138,16 +139,25 @@ class Worker:
     resume_state: Mapping[str, str]
     dispatcher: Dispatcher
     state: str = "new"  # starting, running, start_failed, gave_up, finished, abandoned
-    pos: int = 0
+    pos: int = 0  # the last event handed to the backend
+    durable: int = 0  # the last event the backend holds durably: the journal's position
     stats: WorkerStats = field(default_factory=WorkerStats)
     done: threading.Event = field(default_factory=threading.Event)
     abandon: threading.Event = field(default_factory=threading.Event)
     error_reported: bool = False
     skipped_kinds: set[str] = field(default_factory=set)
     thread: threading.Thread | None = None
+    _flushed: float = field(default_factory=time.monotonic)  # when the last tracker_flush returned
+    _saved_stats: tuple[int, int, float] = (0, 0, 0.0)  # the stats already added to the journal's totals
+
+    @property
+    def buffered(self) -> bool:
+        """Whether the backend implements ``tracker_flush``: then its position
+        moves only after a flush, not when a hook returns."""
+        return "tracker_flush" in self.hooks.implemented
 
     def begin(self, *, synchronous: bool = False) -> None:
-        self.pos = self.dispatcher.journal.position(self.name)
+        self.pos = self.durable = self.dispatcher.journal.position(self.name)
         if synchronous:
             self._main()
             return
@@ -173,7 +183,10 @@ class Worker:
         timer.daemon = True
         timer.start()
         try:
-            identity = self.hooks.start(d.run_info, self.options, self.resume_state)
+            # The identity tracker_start returned last time, updated with the
+            # checkpoint of the last durable flush (stored with the position).
+            state = {**self.resume_state, **d.journal.checkpoint(self.name)}
+            identity = self.hooks.start(d.run_info, self.options, state)
         except Exception as exc:  # noqa: BLE001
             timer.cancel()
             if self.state == "starting":
@@ -185,14 +198,16 @@ class Worker:
             # The timeout fired first and the fallback took over: close what the
             # backend opened late, so no remote run stays RUNNING.
             try:
-                self.hooks.finish("killed")
+                self.hooks.finish("killed", False)
             except Exception:  # noqa: BLE001
                 _log.debug("backend %r: closing a late start failed", self.name, exc_info=True)
             return False
         self.state = "running"
         if identity:
             d.save_identity(self.name, {str(k): str(v) for k, v in dict(identity).items()})
-        return True
+        # A first checkpoint before any event: after a crash, whatever the
+        # backend wrote past it is dropped, even if no flush came later.
+        return not self.buffered or self._flush()
 
     def _start_timed_out(self) -> None:
         if self.state == "starting":
@@ -206,6 +221,8 @@ class Worker:
         while not self.abandon.is_set():
             records = journal.read_after(self.pos, BATCH_LIMIT)
             if not records:
+                if self.durable < self.pos and not self._flush():  # caught up: make it durable now
+                    return False
                 # `closing` is set only after the final journal flush, so once it
                 # is set, last_seq is final.
                 if d.closing.is_set() and journal.last_seq <= self.pos:
@@ -213,22 +230,44 @@ class Worker:
                 journal.wait_for(self.pos, 0.25)
                 continue
             for batch in hook_groups(records):
-                before = (self.stats.batches, self.stats.retries, self.stats.busy_s)
                 if batch.hook is None or batch.hook not in self.hooks.implemented:
                     self._skip(batch.kind)
                 elif not self._call(batch):
                     return False
                 self.pos = batch.last_seq
-                journal.set_position(self.name, batch.last_seq, batches=self.stats.batches - before[0],
-                                     retries=self.stats.retries - before[1], busy_s=self.stats.busy_s - before[2])
+                if not self.buffered:
+                    self._save_position(None)
+                elif time.monotonic() - self._flushed >= _FLUSH_EVERY and not self._flush():
+                    return False
         return False
+
+    def _flush(self) -> bool:
+        """``tracker_flush``, then the position and the checkpoint in one statement."""
+        box: dict[str, Mapping[str, str] | None] = {}
+
+        def flush(hooks: BackendHooks) -> None:
+            box["checkpoint"] = hooks.flush()
+
+        if not self._call(Batch("tracker_flush", "flush", flush, self.pos, 0), counted=False):
+            return False
+        self._flushed = time.monotonic()
+        self._save_position(box.get("checkpoint") or {})
+        return True
+
+    def _save_position(self, checkpoint: Mapping[str, str] | None) -> None:
+        stats, saved = self.stats, self._saved_stats
+        self.dispatcher.journal.set_position(self.name, self.pos, checkpoint=checkpoint,
+                                             batches=stats.batches - saved[0], retries=stats.retries - saved[1],
+                                             busy_s=stats.busy_s - saved[2])
+        self._saved_stats = (stats.batches, stats.retries, stats.busy_s)
+        self.durable = self.pos
 
     def _skip(self, kind: str) -> None:
         if kind not in self.skipped_kinds and kind not in ("params", "dropped"):
             self.skipped_kinds.add(kind)
             _log.info("backend %r cannot show %s events; skipping them for this run", self.name, kind)
 
-    def _call(self, batch: Batch) -> bool:
+    def _call(self, batch: Batch, *, counted: bool = True) -> bool:
         d, hook, count = self.dispatcher, batch.hook or "", batch.count
         attempt = permanent = 0
         while True:
@@ -257,21 +296,25 @@ class Worker:
                 if self.abandon.wait(min(0.5 * 2 ** (attempt - 1), _BACKOFF_CAP)):
                     return False
                 continue
-            self.stats.busy_s += time.perf_counter() - started
-            self.stats.batches += 1
-            self.stats.events += count
+            if counted:
+                self.stats.busy_s += time.perf_counter() - started
+                self.stats.batches += 1
+                self.stats.events += count
             return True
 
     def _finish(self) -> None:
         if self.state not in ("finished", "gave_up") or self.abandon.is_set():
             return
         try:
-            self.hooks.finish(self.dispatcher.status)
+            # complete=False tells the backend its stream has a gap (it gave up
+            # on an event): it must not mark the run finished successfully.
+            self.hooks.finish(self.dispatcher.status, self.state == "finished")
         except Exception as exc:  # noqa: BLE001
             self.dispatcher.report(self, "tracker_finish", exc, 0)
 
     def pending(self) -> int:
-        return max(0, self.dispatcher.journal.last_seq - self.pos)
+        """Events the backend does not hold durably yet."""
+        return max(0, self.dispatcher.journal.last_seq - self.durable)
 
 
 class Dispatcher:

@@ -24,8 +24,18 @@ What the dispatcher guarantees to every hook below:
 - **Journal order.** Events arrive in the order ``run.log`` and friends were
   called. Consecutive metric rows are batched into one
   :func:`tracker_log_metrics` call.
-- **At least once, exactly once in practice.** An event counts as delivered only
-  when the hook returned. If the hook raises, the same events are offered again
+- **Delivered means durable.** A backend's position in the journal (what
+  ``foundry-track sync`` resends from after a crash) moves only when the
+  tracker holds the events durably. For a backend whose calls are durable when
+  they return (a server answered), that is when the hook returned. A backend
+  that buffers (a file writer, an SDK with a queue) implements
+  :func:`tracker_flush`: its position moves only after ``tracker_flush``
+  returned, and the checkpoint it returns comes back in ``resume_state``, so
+  that after a crash it can drop what it wrote past the checkpoint before the
+  same events are offered again. Either way, replay must not double an event:
+  what a backend cannot roll back it must recognise (the
+  :class:`~foundry_track.events.MetricRow` time and step identify a row).
+- **Retries.** If a hook raises, the same events are offered again
   (with backoff for :class:`foundry_track.TransientError`, ``ConnectionError``,
   ``TimeoutError`` and other ``OSError``; a few times for anything else), and
   ``foundry-track sync`` offers them again in a later process. A hook that
@@ -42,21 +52,24 @@ What a backend must not do:
 - raise for data it cannot show: skip it (say so once with ``warnings`` or
   ``logging``) instead.
 
-Hooks are grouped in lifecycle order: discovery, start, log, finish.
+Hooks are grouped in lifecycle order: discovery, doctor, start, log, finish.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pydantic import BaseModel
 
     from foundry_track.events import (
         AlertEvent,
         ArtifactEvent,
+        DoctorCheck,
         HistogramEvent,
         ImageEvent,
         MetricRow,
@@ -70,6 +83,7 @@ if TYPE_CHECKING:
 __all__ = [
     "tracker_options_model",
     "tracker_unavailable",
+    "tracker_doctor",
     "tracker_start",
     "tracker_log_metrics",
     "tracker_log_params",
@@ -79,6 +93,7 @@ __all__ = [
     "tracker_log_text",
     "tracker_log_artifact",
     "tracker_alert",
+    "tracker_flush",
     "tracker_finish",
 ]
 
@@ -92,7 +107,7 @@ _hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
 
 @_hookspec(firstresult=True)
-def tracker_options_model() -> type[BaseModel] | None:  # type: ignore[empty-body]
+def tracker_options_model() -> type[BaseModel] | None:
     """Return the pydantic model that validates this backend's options.
 
     The options are the mapping under ``tracking.backends.<name>`` in the YAML.
@@ -105,7 +120,7 @@ def tracker_options_model() -> type[BaseModel] | None:  # type: ignore[empty-bod
 
 
 @_hookspec(firstresult=True)
-def tracker_unavailable() -> str | None:  # type: ignore[empty-body]
+def tracker_unavailable() -> str | None:
     """Return ``None`` if the backend can run here, else the reason and the fix.
 
     Check for the SDK with ``importlib.util.find_spec`` rather than importing
@@ -117,12 +132,64 @@ def tracker_unavailable() -> str | None:  # type: ignore[empty-body]
 
 
 # --------------------------------------------------------------------------- #
+# Doctor: called by `foundry-track doctor` before any run, never during one.
+# --------------------------------------------------------------------------- #
+
+
+@_hookspec
+def tracker_doctor(  # type: ignore[empty-body]
+    options: BaseModel,
+    runs_dir: Path,
+    fallback: str | None,
+    start_timeout: float,
+    timeout: float,
+    check_disk: Callable[[str, Path], None],
+) -> list[DoctorCheck]:
+    """Check that this backend can work here, before a run starts.
+
+    :param options: this backend's options from the user's config, an
+        instance of the model returned by :func:`tracker_options_model`
+        (already validated: doctor reports invalid options itself and then
+        does not call this hook).
+    :param runs_dir: the folder run directories are made in
+        (``tracking.dir``).
+    :param fallback: the backend that takes over when this one cannot start,
+        or ``None`` (no fallback, or this backend is the fallback).
+    :param start_timeout: seconds :func:`tracker_start` may take before the
+        fallback takes over (``tracking.start_timeout``).
+    :param timeout: seconds each network check may take; bound every
+        request by it (``foundry_track.checks.probe`` does).
+    :param check_disk: call ``check_disk(what, folder)`` for a folder outside
+        the run directory that the backend writes to (``what`` names it, e.g.
+        ``"TensorBoard log_dir"``): doctor reports its free disk space together
+        with the run folder's, once per disk.
+
+    Return one :class:`~foundry_track.events.DoctorCheck` per thing checked,
+    with your backend's name as ``scope``: the SDK and its settings,
+    credentials (say where they were found, never print them), whether the
+    server answers, folders the backend writes. Give each problem
+    (``"warn"`` or ``"error"``) a ``fix`` the user can act on, and name the
+    troubleshooting entries a check settles in ``answers``. The module
+    ``foundry_track.checks`` has the common parts: a bounded HTTP probe that
+    honours the user's proxy, folder and TLS checks, URL masking.
+
+    Called on a fresh instance, on the calling thread, by ``foundry-track
+    doctor`` only; :func:`tracker_start` is never called on that instance.
+    Must not raise for what it finds (that is a check with level
+    ``"error"``); an exception is reported as a failed check of the backend.
+    A backend that does not implement it is listed as reporting no checks.
+
+    .. versionadded:: 0.2
+    """
+
+
+# --------------------------------------------------------------------------- #
 # Start: called once per run, on the backend's worker thread.
 # --------------------------------------------------------------------------- #
 
 
 @_hookspec(firstresult=True)
-def tracker_start(  # type: ignore[empty-body]
+def tracker_start(
     run: RunInfo, options: BaseModel, resume_state: Mapping[str, str]
 ) -> Mapping[str, str] | None:
     """Open the backend's run: connect, create the remote run, open files.
@@ -132,8 +199,10 @@ def tracker_start(  # type: ignore[empty-body]
         by :func:`tracker_options_model` (an empty ``BaseModel`` when there is
         none).
     :param resume_state: what this hook returned the last time the same run
-        was started (empty for a new run). Use it to reopen the same remote run
-        when the user resumes or when ``foundry-track sync`` replays events.
+        was started (empty for a new run), updated with the checkpoint the
+        last durable :func:`tracker_flush` returned. Use it to reopen the same
+        remote run when the user resumes or when ``foundry-track sync``
+        replays events, and to drop what was written past the checkpoint.
 
     Return the identity of the backend's run as short strings (for example
     ``{"run_id": "3f2a..", "url": "http://.."}``). It is saved in the run
@@ -235,6 +304,31 @@ def tracker_alert(alert: AlertEvent) -> None:
     """
 
 
+@_hookspec(firstresult=True)
+def tracker_flush() -> Mapping[str, str] | None:
+    """Make every event the hooks received so far durable; return a checkpoint.
+
+    Implement it if the backend buffers: a file writer that flushes now and
+    then, an SDK that queues what it is given. Then the dispatcher moves this
+    backend's journal position only after this hook returned, so an event is
+    never counted as delivered while it sits in a buffer a crash would lose.
+    It is called about once a second while events flow, when the backend has
+    caught up, and before :func:`tracker_finish`; right after
+    :func:`tracker_start` too, so there is a checkpoint from the beginning.
+
+    Return a checkpoint: short strings that say where the durable data ends
+    (for a file, its name and length). It is stored in the journal in the same
+    transaction as the position and merged into ``resume_state`` at the next
+    :func:`tracker_start` of the same run (after a crash, by a resume or by
+    ``foundry-track sync``): drop anything written past the checkpoint there,
+    because the dispatcher offers those events again.
+
+    A backend whose calls are durable when they return does not implement it.
+
+    .. versionadded:: 0.2
+    """
+
+
 # --------------------------------------------------------------------------- #
 # Finish: called once, on the backend's worker thread, after every event of
 # the run was offered.
@@ -242,12 +336,21 @@ def tracker_alert(alert: AlertEvent) -> None:
 
 
 @_hookspec
-def tracker_finish(status: Status) -> None:
+def tracker_finish(status: Status, complete: bool) -> None:
     """Flush and close the backend's run.
 
     :param status: ``"success"``, ``"failed"`` (an exception ended the run) or
         ``"killed"`` (interrupted, or the process died and the run was
         closed later by ``sync`` or a resume).
+    :param complete: ``False`` when this backend does not hold every event of
+        the run: it gave up on an event, or ``finish()`` reached its
+        ``flush_timeout`` first. The rest stays in the journal, and a later
+        ``foundry-track sync`` delivers it and calls this hook again with
+        ``complete=True``. Do not mark an incomplete run as finished
+        successfully (MLflow: ``KILLED``; W&B: a non-zero exit code).
+
+    .. versionchanged:: 0.2 ``complete`` (implementations that do not name it
+       keep working: pluggy passes only the arguments a hook names).
 
     Must return within the run's ``flush_timeout``; the dispatcher does not
     wait longer. May be called again for a run that was closed before (by

@@ -35,7 +35,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Final, Iterator, NamedTuple
+from typing import Any, Callable, Final, Iterator, Mapping, NamedTuple
 
 __all__ = ["Journal", "Record", "JOURNAL_FILE"]
 
@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS positions (
     updated    REAL NOT NULL,
     batches    INTEGER NOT NULL DEFAULT 0,
     retries    INTEGER NOT NULL DEFAULT 0,
-    busy_s     REAL NOT NULL DEFAULT 0
+    busy_s     REAL NOT NULL DEFAULT 0,
+    checkpoint TEXT
 );
 """
 
@@ -159,6 +160,9 @@ class Journal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as con:
                 con.executescript(_SCHEMA)
+                columns = {row[1] for row in con.execute("PRAGMA table_info(positions)")}
+                if "checkpoint" not in columns:  # a run directory from version 0.1
+                    con.execute("ALTER TABLE positions ADD COLUMN checkpoint TEXT")
         row = self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
         self._last_seq: int = row[0]
 
@@ -413,19 +417,33 @@ class Journal:
         return {b: {"seq": s, "errors": e, "last_error": le, "updated": u, "batches": n, "retries": r, "busy_s": busy}
                 for b, s, e, le, u, n, r, busy in rows}
 
-    def set_position(self, backend: str, seq: int, *, batches: int = 0, retries: int = 0, busy_s: float = 0.0) -> None:
-        """Record that ``backend`` has every event up to ``seq`` (its hook returned).
+    def set_position(self, backend: str, seq: int, *, checkpoint: Mapping[str, str] | None = None,
+                     batches: int = 0, retries: int = 0, busy_s: float = 0.0) -> None:
+        """Record that ``backend`` holds every event up to ``seq`` durably.
 
-        ``batches``, ``retries`` and ``busy_s`` are added to the backend's totals
-        (the health that ``foundry-track show`` reports).
+        ``checkpoint`` (what the backend's ``tracker_flush`` returned) is
+        stored in the same statement, so the position and the checkpoint it
+        corresponds to never disagree after a crash; None keeps the previous
+        one. ``batches``, ``retries`` and ``busy_s`` are added to the
+        backend's totals (the health that ``foundry-track show`` reports).
         """
+        state = None if checkpoint is None else json.dumps({str(k): str(v) for k, v in checkpoint.items()})
         self._conn().execute(
-            "INSERT INTO positions (backend, seq, updated, batches, retries, busy_s) VALUES (?, ?, ?, ?, ?, ?) "
+            "INSERT INTO positions (backend, seq, updated, batches, retries, busy_s, checkpoint) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(backend) DO UPDATE SET seq = excluded.seq, updated = excluded.updated, "
             "batches = batches + excluded.batches, retries = retries + excluded.retries, "
-            "busy_s = busy_s + excluded.busy_s",
-            (backend, seq, time.time(), batches, retries, busy_s),
+            "busy_s = busy_s + excluded.busy_s, checkpoint = COALESCE(excluded.checkpoint, checkpoint)",
+            (backend, seq, time.time(), batches, retries, busy_s, state),
         )
+
+    def checkpoint(self, backend: str) -> dict[str, str]:
+        """The checkpoint stored with ``backend``'s position (empty if none)."""
+        try:
+            row = self._conn().execute("SELECT checkpoint FROM positions WHERE backend = ?", (backend,)).fetchone()
+        except sqlite3.OperationalError:  # a read-only journal of version 0.1
+            return {}
+        return dict(json.loads(row[0])) if row and row[0] else {}
 
     def record_error(self, backend: str, message: str) -> None:
         self._conn().execute(

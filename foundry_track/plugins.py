@@ -287,5 +287,8 @@ class BackendHooks:
     def alert(self, alert: AlertEvent) -> None:
         self._call("tracker_alert", alert=alert)
 
-    def finish(self, status: Status) -> None:
-        self._call("tracker_finish", status=status)
+    def flush(self) -> Mapping[str, str] | None:
+        return cast("Mapping[str, str] | None", self._call("tracker_flush"))
+
+    def finish(self, status: Status, complete: bool) -> None:
+        self._call("tracker_finish", status=status, complete=complete)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from foundry_track.events import (
         AlertEvent,
         ArtifactEvent,
+        DoctorCheck,
         HistogramEvent,
         ImageEvent,
         MetricRow,
@@ -72,6 +73,13 @@ class TensorBoardBackend:
             return f"the 'tensorboard' package is not installed: {INSTALL}"
         return None
 
+    @foundry_track.hookimpl
+    def tracker_doctor(self, options: TensorBoardOptions, runs_dir: Path,
+                       check_disk: Callable[[str, Path], None]) -> list[DoctorCheck]:
+        from foundry_track_tensorboard._doctor import doctor
+
+        return doctor(options, runs_dir, check_disk)
+
     # -- start ------------------------------------------------------------- #
 
     @foundry_track.hookimpl
@@ -88,6 +96,10 @@ class TensorBoardBackend:
             log_dir = Path(options.log_dir).joinpath(*parts, f"{run.name}-{run.id}" if run.name != run.id else run.id)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = log_dir.resolve()
+        if resume_state.get("event_file"):
+            # The events written past the last durable flush of the previous
+            # process are offered again: drop them so none is there twice.
+            _protos.truncate(self.log_dir / resume_state["event_file"], int(resume_state.get("offset", "0")))
         self._writer = _protos.EventFile(self.log_dir, options.flush_secs)
         return {"log_dir": str(self.log_dir)}
 
@@ -100,7 +112,7 @@ class TensorBoardBackend:
         while i < n:
             # Rows of the same step become one Event, as TensorBoard expects.
             step, wall = rows[i].step, rows[i].time
-            values = []
+            values: list[Any] = []
             while i < n and rows[i].step == step:
                 values.extend(pb.scalar(k, v) for k, v in rows[i].values.items())
                 i += 1
@@ -147,10 +159,18 @@ class TensorBoardBackend:
     # -- finish ------------------------------------------------------------ #
 
     @foundry_track.hookimpl
-    def tracker_finish(self, status: Status) -> None:
+    def tracker_flush(self) -> dict[str, str]:
+        # The file is written through a buffer: flushed and fsynced here, the
+        # events are durable, and the checkpoint says where they end.
+        name, offset = self._writer.sync()
+        return {"event_file": name, "offset": str(offset)}
+
+    @foundry_track.hookimpl
+    def tracker_finish(self, status: Status, complete: bool) -> None:
         if self._writer is None:
             return
-        self._writer.write(self._pb.hparams_end(status))
-        self._writer.flush()
+        # An incomplete stream is not closed as a success in the HParams tab.
+        self._writer.write(self._pb.hparams_end(status if complete or status != "success" else "killed"))
+        self._writer.sync()
         self._writer.close()
         self._writer = None

@@ -142,5 +142,22 @@ class EventFile:
         self._fh.flush()
         self._flushed = time.monotonic()
 
+    def sync(self) -> tuple[str, int]:
+        """Flush and fsync: what was written is on disk. Returns (file name, length)."""
+        self.flush()
+        os.fsync(self._fh.fileno())
+        return self.path.name, self._fh.tell()
+
     def close(self) -> None:
         self._fh.close()
+
+
+def truncate(path: Path, length: int) -> None:
+    """Cut an event file back to ``length`` bytes (a checkpoint), if it is longer."""
+    try:
+        with open(path, "r+b") as fh:
+            if fh.seek(0, os.SEEK_END) > length:
+                fh.truncate(length)
+                os.fsync(fh.fileno())
+    except FileNotFoundError:
+        return
