@@ -19,7 +19,6 @@ from foundry_track.hookspecs import PROJECT_NAME
 
 if TYPE_CHECKING:
     from foundry_track.config import TrackingConfig
-    from foundry_track.events import DoctorCheck
     from foundry_track.errors import (
         BackendError,
         ConfigError,
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
         RunDirError,
         TransientError,
     )
+    from foundry_track.events import DoctorCheck
     from foundry_track.run import Run
     from foundry_track.start import init, sync
 

@@ -22,12 +22,15 @@ __all__ = [
     "TextEvent",
     "ArtifactEvent",
     "AlertEvent",
+    "CheckLevel",
+    "DoctorCheck",
     "STATUSES",
 ]
 
 Status = Literal["success", "failed", "killed"]
 STATUSES: Final = ("success", "failed", "killed")
 AlertLevel = Literal["info", "warn", "error"]
+CheckLevel = Literal["ok", "info", "warn", "error"]
 ParamValue = Union[str, int, float, bool, None]
 
 
@@ -132,3 +135,25 @@ class AlertEvent:
     level: AlertLevel
     step: int
     time: float
+
+
+@dataclass(frozen=True, slots=True)
+class DoctorCheck:
+    """One outcome of a ``foundry-track doctor`` check: what
+    :func:`~foundry_track.hookspecs.tracker_doctor` returns a list of.
+
+    ``scope`` is the backend's name, or ``"general"`` for a setting that
+    affects every connection (a proxy, a CA bundle); ``check`` a short id
+    (``sdk``, ``credentials``, ``reachable``, ``folder``, ``tls``...);
+    ``level`` ``ok``, ``info``, ``warn`` or ``error`` (a warning or an error is
+    a problem: doctor exits 1); ``message`` what was found, never a secret;
+    ``fix`` what to do about it (shown for problems); ``answers`` the
+    troubleshooting entries it settles (:data:`foundry_track.checks.GUIDE_ISSUES`).
+    """
+
+    scope: str
+    check: str
+    level: CheckLevel
+    message: str
+    fix: str | None = None
+    answers: tuple[str, ...] = ()

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from foundry_track.cli import main
-from foundry_track.doctor import GUIDE_ISSUES
+from foundry_track.cli.doctor import GUIDE_ISSUES
 from foundry_track.journal import JOURNAL_FILE, Journal
 from tests.helpers.mlflow_server import free_port
 
@@ -271,15 +271,54 @@ def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 1 and "tracking_uri" in _find(report, "mlflow", "options")[0]["message"]
 
 
-def test_the_run_log_implementation_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import foundry_track.run as run_module
+# --------------------------------------------------------------------------- #
+# tracker_doctor: each backend reports its own checks
+# --------------------------------------------------------------------------- #
 
-    config = _config(tmp_path, {"tensorboard": {}})
-    _, report, _ = _doctor(capsys, config)
-    [finding] = _find(report, "general", "run.log")
-    assert (finding["level"] == "ok") == (run_module._FastLog is not None), finding
-    monkeypatch.setattr(run_module, "_FastLog", None)
-    _, report, text = _doctor(capsys, config)
-    [finding] = _find(report, "general", "run.log")
-    assert finding["level"] == "info" and "Python only" in finding["message"]
+
+def test_a_backend_without_tracker_doctor_reports_no_checks(tmp_path: Path, fault_plugins: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    code, report, text = _doctor(capsys, _config(tmp_path, {"recorder": {"out": str(tmp_path / "o.jsonl")}}))
+    assert code == 0
+    assert [(f["check"], f["level"]) for f in report["findings"] if f["scope"] == "recorder"] == [
+        ("sdk", "ok"), ("checks", "info")]
+    [sdk] = _find(report, "recorder", "sdk")
+    assert sdk["message"] == "plugin foundry-track-faults 0.1 loads"
+    [checks] = _find(report, "recorder", "checks")
+    assert "reports no checks" in checks["message"] and "tracker_doctor" in checks["message"]
+    assert "reports no checks" in text
+
+
+def test_a_failing_tracker_doctor_is_an_error_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import foundry_track_tensorboard._doctor as tb_doctor
+
+    def broken(*args: Any) -> list[Any]:
+        raise RuntimeError("checks exploded")
+
+    monkeypatch.setattr(tb_doctor, "doctor", broken)
+    code, report, _ = _doctor(capsys, _config(tmp_path, {"tensorboard": {}}))
+    assert code == 1
+    [failed] = _find(report, "tensorboard", "checks")
+    assert failed["level"] == "error" and "RuntimeError: checks exploded" in failed["message"]
+    assert _find(report, "general", "disk")  # the general checks still ran
+
+
+def test_tracker_doctor_folders_share_the_disk_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Folders a backend writes to (check_disk) are checked for free space with the run folder, once per disk."""
+    import foundry_track.cli.doctor as doctor_module
+
+    checked: list[tuple[str, Path]] = []
+    real_disk = doctor_module._disk
+    monkeypatch.setattr(doctor_module, "_disk", lambda paths, min_free: checked.extend(paths) or real_disk(paths, min_free))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    _, report, _ = _doctor(capsys, _config(tmp_path, {"tensorboard": {"log_dir": str(tmp_path / "tb")},
+                                                      "wandb": {}}), "--min-free", "1e9")
+    assert checked[:3] == [("run folder", tmp_path / "runs"), ("TensorBoard log_dir", tmp_path / "tb"),
+                           ("W&B dir", tmp_path / "wandb")]
+    [disk] = _find(report, "general", "disk")  # one disk: one line, named after the run folder
+    assert "for the run folder" in disk["message"] and disk["level"] in ("warn", "error")
+    [folder] = _find(report, "tensorboard", "folder")
+    assert folder["level"] == "ok" and str(tmp_path / "tb") in folder["message"]

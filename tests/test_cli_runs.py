@@ -242,7 +242,7 @@ def test_plot_draws_one_line_per_run_per_metric(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="the plot extra: pip install 'foundry-track[plot]'")
     from PIL import Image  # a matplotlib dependency
 
-    from foundry_track.plot import plot_runs
+    from foundry_track.cli.plot import plot_runs
 
     root = tmp_path / "runs"
     runs = [make_run(root, f"exp{i}", steps=60, scale=1.0 + i) for i in range(3)]
@@ -279,7 +279,7 @@ def test_plot_errors_are_clear(tmp_path: Path) -> None:
 
 
 def test_smoothing() -> None:
-    from foundry_track.plot import ema, moving_average
+    from foundry_track.cli.plot import ema, moving_average
 
     assert ema([3.0] * 10, 5) == pytest.approx([3.0] * 10)  # debiased: no ramp from 0
     assert moving_average([1, 2, 3, 4, 5], 2) == [1.0, 1.5, 2.5, 3.5, 4.5]

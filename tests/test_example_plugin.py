@@ -1,8 +1,8 @@
 """The example third-party distribution, docs/examples/foundry-track-jsonl,
 installed with pip as a real distribution (into a throwaway folder, never the
-virtualenv): listed by `foundry-track backends`, selected from a YAML file,
-receives every event of a short run, passes the conformance kit, and its own
-tests pass."""
+virtualenv): listed by `foundry-track backends`, checked by `foundry-track
+doctor`, selected from a YAML file, receives every event of a short run, passes
+the conformance kit, and its own tests pass."""
 
 from __future__ import annotations
 
@@ -74,6 +74,34 @@ def test_foundry_track_backends_lists_the_distribution(jsonl_installed: Path) ->
     table = subprocess.run([sys.executable, "-m", "foundry_track.cli", "backends"],
                            capture_output=True, text=True, timeout=60).stdout
     assert any(line.split()[:3] == ["jsonl", "foundry-track-jsonl", "0.1.0"] for line in table.splitlines())
+
+
+def test_foundry_track_doctor_prints_the_plugins_tracker_doctor_check(jsonl_installed: Path, tmp_path: Path) -> None:
+    """A third-party backend's own check (its events folder is writable) is part of
+    `foundry-track doctor`, in the JSON and in the table, and can fail it."""
+
+    def doctor(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        config = tmp_path / "exp.yaml"
+        config.write_text(f"tracking:\n  dir: {tmp_path / 'runs'}\n  backends:\n    jsonl: {{path: {path}}}\n")
+        return subprocess.run([sys.executable, "-m", "foundry_track.cli", "doctor", str(config), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    result = doctor(tmp_path / "logs" / "events.jsonl", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    findings = [f for f in json.loads(result.stdout)["findings"] if f["scope"] == "jsonl"]
+    assert [(f["check"], f["level"]) for f in findings] == [("sdk", "ok"), ("folder", "ok")]
+    assert findings[0]["message"] == "plugin foundry-track-jsonl 0.1.0 loads"
+    assert findings[1]["message"].startswith(f"events file folder {tmp_path / 'logs'} will be created")
+    table = doctor(tmp_path / "logs" / "events.jsonl").stdout
+    assert any(line.split()[:3] == ["ok", "jsonl", "folder"] and "events file folder" in line
+               for line in table.splitlines()), table
+
+    (tmp_path / "a-file").write_text("")
+    result = doctor(tmp_path / "a-file" / "events.jsonl", "--json")
+    assert result.returncode == 1
+    [folder] = [f for f in json.loads(result.stdout)["findings"] if f["scope"] == "jsonl" and f["check"] == "folder"]
+    assert folder["level"] == "error" and "is a file, not a folder" in folder["message"]
+    assert folder["fix"] == "choose another path for the events file folder"
 
 
 def test_selected_from_yaml_it_receives_every_event(jsonl_installed: Path, tmp_path: Path) -> None:

@@ -32,13 +32,13 @@ Network behaviour
     ``foundry-track sync`` delivers later.
 
 Groups as parent runs
-    With ``parent_run_per_group`` (on by default for the trials of
-    ``foundry-track sweep``, which sets ``FOUNDRY_TRACK_SWEEP`` to the group),
-    the runs of one ``group`` are nested under one parent MLflow run named
-    after the group, as MLflow's UI shows a sweep: the parent is found by its
-    ``foundry_track.sweep`` tag or created by the first run, and each child
-    gets ``mlflow.parentRunId``. A child's finish marks the parent FINISHED
-    (its end time is the last child's).
+    With ``parent_run_per_group`` (on by default for the trials of a sweep:
+    runs whose ``RunInfo.sweep``, from ``tracking.sweep``, names their group,
+    as ``foundry-track sweep`` sets it), the runs of one ``group`` are nested
+    under one parent MLflow run named after the group, as MLflow's UI shows a
+    sweep: the parent is found by its ``foundry_track.sweep`` tag or created
+    by the first run, and each child gets ``mlflow.parentRunId``. A child's
+    finish marks the parent FINISHED (its end time is the last child's).
 
 Exactly once
     Metric points carry the journal's timestamp, so a retried ``log_batch``
@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     from foundry_track.events import (
         AlertEvent,
         ArtifactEvent,
+        DoctorCheck,
         HistogramEvent,
         ImageEvent,
         MetricRow,
@@ -113,7 +114,6 @@ LOGGED_ARTIFACTS_TAG: Final = "mlflow.loggedArtifacts"  # lets MLflow's UI list 
 NOTE_TAG: Final = "mlflow.note.content"
 PARENT_RUN_TAG: Final = "mlflow.parentRunId"  # MLflow's own nesting
 GROUP_PARENT_TAG: Final = "foundry_track.sweep"  # on the parent run of a group: the group's name
-SWEEP_ENV: Final = "FOUNDRY_TRACK_SWEEP"  # set by `foundry-track sweep` for its trials: the group
 
 _STATUS: Final = {"success": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 # MLflow's name rule (validate_param_and_metric_name); ':' is refused on Windows servers.
@@ -147,8 +147,8 @@ class MlflowOptions(BaseModel):
     parent_run_per_group: bool | None = Field(
         None,
         description="Nest the runs of one `group` under a parent MLflow run named after the group (tag "
-        "`foundry_track.sweep`). Default: on for `foundry-track sweep` trials (`FOUNDRY_TRACK_SWEEP` names "
-        "the group), off otherwise.",
+        "`foundry_track.sweep`). Default: on for the trials of a sweep (`tracking.sweep`, which `foundry-track "
+        "sweep` sets, names the group), off otherwise.",
         examples=[True],
     )
 
@@ -323,6 +323,12 @@ class MlflowBackend:
             return f"the 'mlflow' package is not installed: {INSTALL}"
         return None
 
+    @foundry_track.hookimpl
+    def tracker_doctor(self, options: MlflowOptions, timeout: float) -> list[DoctorCheck]:
+        from foundry_track_mlflow._doctor import doctor
+
+        return doctor(options, timeout)
+
     # -- start ------------------------------------------------------------- #
 
     @foundry_track.hookimpl
@@ -343,7 +349,7 @@ class MlflowBackend:
                 experiment_id, created = self._experiment_id(experiment_name, options.artifact_location)
                 found = None if created else self._tagged_run(run, experiment_id)
             nest = bool(run.group) and (options.parent_run_per_group if options.parent_run_per_group is not None
-                                        else os.environ.get(SWEEP_ENV) == run.group)
+                                        else run.sweep == run.group)
             if found is None:
                 tags = {**self._label_tags(run), **self._source_tags()}
                 if nest:

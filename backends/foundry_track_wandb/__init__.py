@@ -37,7 +37,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Final, Literal, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from foundry_track.events import (
         AlertEvent,
         ArtifactEvent,
+        DoctorCheck,
         HistogramEvent,
         ImageEvent,
         MetricRow,
@@ -294,6 +295,13 @@ class WandbBackend:
         if importlib.util.find_spec("wandb") is None:
             return f"the 'wandb' package is not installed: {INSTALL}"
         return None
+
+    @foundry_track.hookimpl
+    def tracker_doctor(self, options: WandbOptions, fallback: str | None, start_timeout: float, timeout: float,
+                       check_disk: Callable[[str, Path], None]) -> list[DoctorCheck]:
+        from foundry_track_wandb._doctor import doctor
+
+        return doctor(options, fallback, start_timeout, timeout, check_disk)
 
     # -- start ------------------------------------------------------------- #
 

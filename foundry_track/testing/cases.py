@@ -92,7 +92,7 @@ def _alert(name: str, alert: AlertEvent, hint: str = "") -> Case:
 
 
 def _finish(name: str, status: Status, hint: str = "") -> Case:
-    return Case(name, "tracker_finish", lambda h: h.finish(status), hint)
+    return Case(name, "tracker_finish", lambda h: h.finish(status, True), hint)
 
 
 # --------------------------------------------------------------------------- #

@@ -18,11 +18,13 @@ from typing import IO, TYPE_CHECKING, Any, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 import foundry_track
+from foundry_track import checks
 
 if TYPE_CHECKING:
     from foundry_track.events import (
         AlertEvent,
         ArtifactEvent,
+        DoctorCheck,
         HistogramEvent,
         ImageEvent,
         MetricRow,
@@ -145,3 +147,10 @@ class JsonlBackend:
         self._write([{"event": "finish", "status": status}])
         self._file.close()
         self._file = None
+
+    @foundry_track.hookimpl
+    def tracker_doctor(self, options: JsonlOptions, runs_dir: Path) -> list[DoctorCheck]:
+        # `foundry-track doctor` calls this on a fresh instance, before any run:
+        # can the events file be written where it will go?
+        folder = options.path.parent if options.path else runs_dir
+        return [checks.folder_check("jsonl", "events file folder", folder)]

@@ -21,16 +21,21 @@ Python's ``json`` and pandas read back); Parquet stores them natively, with
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
 import sys
 from pathlib import Path
-from typing import IO, Any, Callable, Final, Iterable, Iterator, Literal, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Final, Iterable, Iterator, Literal, Sequence
 
-from foundry_track.history import MissingDependency, metric_points
+import foundry_track.cli._common as ui
+from foundry_track.errors import FoundryTrackError, MissingDependency
 
-__all__ = ["FORMATS", "LAYOUTS", "ExportError", "export_run", "INSTALL_PARQUET"]
+if TYPE_CHECKING:
+    from foundry_track.history import MetricPoint
+
+__all__ = ["FORMATS", "LAYOUTS", "ExportError", "export_run", "INSTALL_PARQUET", "add_parser", "run"]
 
 FORMATS: Final = ("csv", "json", "jsonl", "parquet")
 LAYOUTS: Final = ("long", "wide")
@@ -41,13 +46,21 @@ Format = Literal["csv", "json", "jsonl", "parquet"]
 Layout = Literal["long", "wide"]
 
 
-class ExportError(ValueError):
+class ExportError(FoundryTrackError, ValueError):
     """Bad export request (unknown format, parquet to stdout, missing folder)."""
+
+    exit_code = 2
+
+
+def _metric_points(run_dir: Path, keys: Sequence[str] | None) -> Iterator[MetricPoint]:
+    from foundry_track.history import metric_points as points  # imported when a command exports, not at startup
+
+    return points(run_dir, keys)
 
 
 def _wide_rows(run_dir: Path, keys: Sequence[str] | None) -> tuple[list[str], Iterator[Any]]:
     columns: dict[str, None] = {}
-    for point in metric_points(run_dir, keys):  # first pass: the metric columns, in first-logged order
+    for point in _metric_points(run_dir, keys):  # first pass: the metric columns, in first-logged order
         columns.setdefault(point.key)
     clash = [c for c in ("seq", "step", "time") if c in columns]
     if clash:
@@ -56,7 +69,7 @@ def _wide_rows(run_dir: Path, keys: Sequence[str] | None) -> tuple[list[str], It
 
     def rows() -> Iterator[dict[str, Any]]:
         current: dict[str, Any] | None = None
-        for point in metric_points(run_dir, keys):
+        for point in _metric_points(run_dir, keys):
             if current is None or current["seq"] != point.seq:
                 if current is not None:
                     yield current
@@ -70,7 +83,7 @@ def _wide_rows(run_dir: Path, keys: Sequence[str] | None) -> tuple[list[str], It
 
 def _long_rows(run_dir: Path, keys: Sequence[str] | None) -> tuple[list[str], Iterator[Any]]:
     # MetricPoint tuples, not dicts: the CSV writer takes them as they are (25% faster).
-    return list(LONG_COLUMNS), metric_points(run_dir, keys)
+    return list(LONG_COLUMNS), _metric_points(run_dir, keys)
 
 
 def _as_dict(row: Any) -> dict[str, Any]:
@@ -199,3 +212,40 @@ def _table(pa: Any, schema: Any, rows: list[dict[str, Any]]) -> Any:
             values = [None if v is None else float(v) for v in values]
         arrays.append(pa.array(values, type=f.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# --------------------------------------------------------------------------- #
+# The command
+# --------------------------------------------------------------------------- #
+
+
+def add_parser(sub: Any) -> None:
+    p = ui.add_command(
+        sub, "export", "write every metric value of a run as CSV, JSON, JSON Lines or Parquet",
+        "Every metric value of RUN from its journal. Layout long (default): one row per value, columns "
+        "seq, step, time, key, value (seq = the run.log call; every step of every metric is kept, "
+        "repeated steps included). Layout wide: one row per run.log call, one column per metric (empty "
+        "where not logged). Parquet needs pyarrow.",
+        "examples:\n  foundry-track export runs/exp0-baseline-a1b2c3d4 --format csv -o exp0.csv\n"
+        "  foundry-track export a1b2c3d4 --format parquet --layout wide -o exp0.parquet\n"
+        "  foundry-track export a1b2c3d4 --format jsonl --metric train/loss | head",
+        run)
+    p.add_argument("run", metavar="RUN", help="a run directory, or a run id / name under --dir")
+    p.add_argument("--format", "-f", choices=("csv", "json", "jsonl", "parquet"),
+                   help="default: from the -o suffix, else csv")
+    p.add_argument("-o", "--output", metavar="FILE", help="output file; '-' or omitted: stdout (not for parquet)")
+    p.add_argument("--layout", choices=("long", "wide"), default="long", help="long (default) or wide, see above")
+    p.add_argument("--metric", "-m", action="append", metavar="KEY", help="only this metric (repeatable)")
+    ui.dir_option(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    fmt = args.format
+    if fmt is None:
+        suffix = Path(args.output).suffix.lower().lstrip(".") if args.output and args.output != "-" else ""
+        fmt = suffix if suffix in FORMATS else "csv"
+    path = ui.resolve(args.run, args.dir)
+    count = export_run(path, fmt, args.output, layout=args.layout, keys=args.metric)
+    where = "stdout" if args.output in (None, "-") else args.output
+    print(f"foundry-track export: {count:,} rows ({args.layout} layout, {fmt}) to {where}", file=sys.stderr)
+    return 0

@@ -1,5 +1,6 @@
 """``foundry-track plot``: overlay runs' metric curves in a PNG, read from their
-journals: the W&B guide's "compare experiments" without a server.
+journals: the W&B guide's "compare experiments" without a server. The
+``sweep`` command draws its ``sweep.png`` with the same :func:`plot_runs`.
 
 matplotlib is optional (``pip install 'foundry-track[plot]'``) and imported only
 here, only when plotting. The figure is built with ``matplotlib.figure.Figure``
@@ -9,28 +10,34 @@ global figure state, works on a headless node.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import math
 import os
+import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal, Sequence
 
-from foundry_track.history import MissingDependency, RunDirError, load_run, metric_series
+import foundry_track.cli._common as ui
+from foundry_track.errors import FoundryTrackError, MissingDependency, RunDirError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["PlotError", "MissingDependency", "ema", "moving_average", "plot_runs", "save_figure", "INSTALL"]
+__all__ = ["PlotError", "MissingDependency", "ema", "moving_average", "plot_runs", "save_figure", "INSTALL",
+           "add_parser", "run"]
 
 INSTALL: Final = "pip install 'foundry-track[plot]'"
 Smoothing = Literal["ema", "mean"]
 XAxis = Literal["step", "time"]
 
 
-class PlotError(ValueError):
+class PlotError(FoundryTrackError, ValueError):
     """Bad input for a plot (unknown metric, no data); the message says what exists."""
+
+    exit_code = 2
 
 
 def _matplotlib() -> None:
@@ -101,6 +108,8 @@ class _Curve:
 
 def _labels(runs: Sequence[Path]) -> list[str]:
     """Run names, with the id added where two runs share a name."""
+    from foundry_track.history import load_run
+
     summaries = [load_run(r) for r in runs]
     names = [s.name for s in summaries]
     return [s.name if names.count(s.name) == 1 else f"{s.name} ({s.id})" for s in summaries]
@@ -128,6 +137,8 @@ def plot_runs(
     """
     _matplotlib()
     from matplotlib.figure import Figure
+
+    from foundry_track.history import metric_series
 
     if not runs:
         raise PlotError("give at least one run to plot")
@@ -218,3 +229,56 @@ def save_figure(fig: Figure, out: str | os.PathLike[str]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+# --------------------------------------------------------------------------- #
+# The command
+# --------------------------------------------------------------------------- #
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+        if width < 100 or height < 100 or width > 10000 or height > 10000:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size {text!r}: expected WIDTHxHEIGHT in pixels, each 100..10000, "
+                                         "e.g. 1200x600") from None
+    return width, height
+
+
+def add_parser(sub: Any) -> None:
+    p = ui.add_command(
+        sub, "plot", "overlay runs' metric curves in a PNG (headless)",
+        "Draw the given metrics of one or more runs, one line per run per metric, one panel per metric "
+        "(or all in one with --overlay), legend with the run names. Needs matplotlib: "
+        "pip install 'foundry-track[plot]'.",
+        "examples:\n  foundry-track plot runs/exp0-* runs/exp1-* --metric train/loss -o loss.png\n"
+        "  foundry-track plot exp0 exp1 --metric train/loss --metric val/loss --smooth 50 -o cmp.png",
+        run)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, ids or names")
+    p.add_argument("--metric", "-m", action="append", required=True, metavar="KEY",
+                   help="metric to draw (repeat for more), e.g. train/loss")
+    p.add_argument("--smooth", type=int, default=0, metavar="N",
+                   help="smooth over N points (the raw curve stays, faint); 0 = off")
+    p.add_argument("--smoothing", choices=("ema", "mean"), default="ema",
+                   help="ema: exponential, alpha 2/(N+1), debiased (default); mean: trailing moving average")
+    p.add_argument("--x", choices=("step", "time"), default="step", help="x axis: step (default) or hours")
+    p.add_argument("--overlay", action="store_true", help="all metrics in one panel")
+    p.add_argument("--log-y", action="store_true", help="logarithmic y axis")
+    p.add_argument("--size", type=_size, metavar="WxH", help="image size in pixels (default 1000 wide)")
+    p.add_argument("--title", help="figure title")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="image file: .png, .svg or .pdf")
+    ui.dir_option(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = [ui.resolve(ref, args.dir) for ref in args.runs]
+    fig, warnings = plot_runs(paths, args.metric, smooth=args.smooth, smoothing=args.smoothing, x=args.x,
+                              overlay=args.overlay, size=args.size, log_y=args.log_y, title=args.title)
+    for warning in warnings:
+        print(f"foundry-track plot: {warning}", file=sys.stderr)
+    out = save_figure(fig, args.output)
+    width, height = (int(v) for v in fig.get_size_inches() * fig.dpi)
+    print(f"wrote {out} ({width}x{height} px; {len(paths)} run(s), {len(args.metric)} metric(s))")
+    return 0
