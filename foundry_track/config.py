@@ -8,15 +8,18 @@ names the field, the value and the fix.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Final, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # Re-exported: they live in a pydantic-free module so the CLI can use them cheaply.
 from foundry_track.errors import ConfigError, format_validation_error
-from foundry_track.params import REDACTED, flatten, redact
+from foundry_track.params import REDACTED, flatten, mask_credentials, redact
+
+RUN_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 __all__ = [
     "TrackingConfig",
@@ -37,7 +40,7 @@ class TrackingConfig(BaseModel):
     project: str = Field("foundry-track", description="Project the run belongs to (W&B project, MLflow experiment).", examples=["spanish-subject-drop"])
     entity: str | None = Field(None, description="Team or user that owns the project (W&B entity).", examples=["my-team"])
     run_name: str | None = Field(None, description="Human-readable run name; defaults to the run id.", examples=["exp0-baseline"])
-    run_id: str | None = Field(None, description="Fixed run id (8+ characters of [a-z0-9]); generated when omitted.", examples=["exp0a1b2"])
+    run_id: str | None = Field(None, description="Fixed run id: 1-64 characters of `[A-Za-z0-9_-]`, starting with a letter or digit (it names the run directory and the W&B run); generated when omitted.", examples=["exp0a1b2"])
     sweep: str | None = Field(None, description="The sweep this run is a trial of (set by `foundry-track sweep` and `agent` through `FOUNDRY_TRACK_SWEEP`); backends that show sweeps use it (MLflow nests the trials under a parent run).", examples=["sweep-3"])
     group: str | None = Field(None, description="Group runs together (W&B group, an MLflow tag, a TensorBoard subdirectory).", examples=["sweep-3"])
     tags: list[str] = Field(default_factory=list, description="Tags attached to the run in every backend.", examples=[["baseline", "gpt2"]])
@@ -58,6 +61,23 @@ class TrackingConfig(BaseModel):
     per_rank: bool = Field(False, description="Under torchrun: every rank logs its own run `<run>-rank<N>`, grouped; default: rank 0 logs for the job.", examples=[False])
     strict: bool = Field(False, description="Re-raise backend errors instead of isolating them (tests, plugin authors).", examples=[False])
     delivery: Literal["thread", "process"] = Field("thread", description="Where the backends run: `thread` (a thread per backend in the training process) or `process` (a separate delivery process reading the journal, so the trackers' SDKs never share the training process's interpreter). `FOUNDRY_TRACK_DELIVERY` overrides it.", examples=["process"])
+
+    @field_validator("run_id")
+    @classmethod
+    def _safe_run_id(cls, value: str | None) -> str | None:
+        # It becomes a folder name and a tracker's run id: no path separators,
+        # no '..', nothing a tracker would refuse.
+        if value is not None and not RUN_ID_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid run id: use 1-64 characters of letters, digits, '_' "
+                             f"and '-', starting with a letter or digit (e.g. 'exp0a1b2')")
+        return value
+
+    @field_validator("entity", "project", "group", "run_name")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        # A name that carries a credential (``user:token@team``) is masked
+        # before any backend, file or log sees it.
+        return None if value is None else mask_credentials(value)
 
 
 def read_yaml(path: str | os.PathLike[str], what: str = "config file",

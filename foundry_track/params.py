@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final, Mapping
 
-__all__ = ["REDACTED", "redact", "flatten", "is_secret_key"]
+__all__ = ["REDACTED", "redact", "flatten", "is_secret_key", "mask_credentials"]
 
 REDACTED: Final = "***"
 _SECRET = re.compile(r"key|token|secret|password", re.IGNORECASE)
@@ -20,6 +20,16 @@ def is_secret_key(key: str) -> bool:
 
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/:@\s]+:)[^@/\s]+(?P<tail>@)", re.IGNORECASE)
+
+
+_BARE_CREDENTIALS = re.compile(r"(?P<head>^[^:@/\s]+:)[^@/\s]+(?P<tail>@)")
+
+
+def mask_credentials(text: str) -> str:
+    """``http://user:pw@host`` -> ``http://user:***@host``, and the same for a
+    bare ``user:pw@host`` (a name that should never hold a credential)."""
+    text = _URL_PASSWORD.sub(rf"\g<head>{REDACTED}\g<tail>", text)
+    return _BARE_CREDENTIALS.sub(rf"\g<head>{REDACTED}\g<tail>", text)
 
 
 def redact(value: Any) -> Any:

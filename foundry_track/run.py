@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Final, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Final, Mapping, Sequence
 
 from pydantic import BaseModel
 
@@ -126,6 +126,7 @@ class Run:
         self._dispatcher = dispatcher
         self._lock = threading.Lock()
         self._gate = _Gate(last_step)
+        self.dir_lock: IO[str] | None = None  # held by init while the run is live (one writer per run dir)
         self._max_step = last_step
         self._every = config.every_n_steps
         self._warned_backwards = False
@@ -456,6 +457,7 @@ class Run:
         self.undelivered = self._dispatcher.finish(status, max(0.0, deadline - time.monotonic()))
         self._journal.close()
         update_run_file(self._info.dir, status=status, finished=time.time(), undelivered=self.undelivered)
+        self._release_dir()
         if self.config.strict and self._dispatcher.error is not None:
             raise BackendError(f"a backend failed in strict mode: {self._dispatcher.error!r}") from self._dispatcher.error
         return self.undelivered
@@ -471,6 +473,13 @@ class Run:
             self._journal.close()
         if self._info is not None:
             update_run_file(self._info.dir, status="failed", finished=time.time())
+        self._release_dir()
+
+    def _release_dir(self) -> None:
+        """Let another process write this run directory (``init`` holds it while the run is live)."""
+        lock, self.dir_lock = self.dir_lock, None
+        if lock is not None:
+            lock.close()
 
     def __enter__(self) -> Run:
         return self

@@ -21,7 +21,7 @@ import string
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from foundry_track.errors import RunDirError
 from foundry_track.events import RunInfo
@@ -45,6 +45,7 @@ __all__ = [
 
 RUN_FILE: Final = "run.json"
 JOURNAL_FILE: Final = "journal.db"  # the journal module's name for it; kept here so readers need no SQLite code
+WRITER_LOCK: Final = "writer.lock"  # held by the live process that writes the run
 _MAX_DEPTH: Final = 4  # how deep `find_runs` looks below a folder (per-rank runs sit one level down)
 _ID_ALPHABET: Final = string.ascii_lowercase + string.digits
 # One lock for the read-modify-write of run.json by the threads of one process
@@ -151,6 +152,43 @@ def process_state(data: Mapping[str, Any]) -> str:
     except (ProcessLookupError, ValueError, OverflowError):
         return "crashed"
     return "running"
+
+
+def hold_run_dir(run_dir: Path) -> IO[str] | None:
+    """Hold the run directory for this process while its run is live (an
+    exclusive ``flock`` on ``writer.lock``; the OS releases it when the process
+    dies). A second live run with the same directory, in this process or
+    another, gets a :class:`RunDirError` naming the process that holds it.
+    Close the returned file to release it. Without ``fcntl`` nothing is held."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(run_dir / WRITER_LOCK, "a+")  # noqa: SIM115 - held for the run's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        data = read_run_file(run_dir)
+        who = f"process {data.get('pid')} on {data.get('host')}" if data.get("pid") else "another process"
+        raise RunDirError(
+            f"run {data.get('id', run_dir.name)} ({run_dir}) is being written by {who}; two live runs cannot "
+            f"share a run directory. Give this one another run_id, or resume it after that process ends."
+        ) from None
+    return handle
+
+
+def dir_held(run_dir: Path) -> bool:
+    """Whether a live process holds ``run_dir`` (see :func:`hold_run_dir`)."""
+    if not (run_dir / WRITER_LOCK).exists():
+        return False
+    try:
+        handle = hold_run_dir(run_dir)
+    except RunDirError:
+        return True
+    if handle is not None:
+        handle.close()
+    return False
 
 
 # --------------------------------------------------------------------------- #

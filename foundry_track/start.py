@@ -14,8 +14,9 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Final, Mapping
 
 from pydantic import BaseModel, ValidationError
 
@@ -32,6 +33,8 @@ from foundry_track.plugins import BackendInfo, discover
 from foundry_track.run import Run, _plain
 from foundry_track.rundir import (
     RUN_FILE,
+    dir_held,
+    hold_run_dir,
     new_run_id,
     process_alive,
     read_run_file,
@@ -45,7 +48,7 @@ from foundry_track.rundir import (
 if TYPE_CHECKING:
     from foundry_track.delivery import Delivery
 
-__all__ = ["init", "sync", "resolve_backends"]
+__all__ = ["init", "sync", "sync_run", "SyncReport", "resolve_backends"]
 
 _log = logging.getLogger("foundry_track")
 
@@ -127,6 +130,20 @@ def init(
         return Run(cfg, info=info, journal=None, dispatcher=None)
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    dir_lock = hold_run_dir(run_dir)  # before run.json is written: a second live writer must not touch it
+    try:
+        run = _start_run(cfg, run_dir, run_id, name, group, previous, chosen, params)
+    except BaseException:
+        if dir_lock is not None:
+            dir_lock.close()
+        raise
+    run.dir_lock = dir_lock
+    return run
+
+
+def _start_run(cfg: TrackingConfig, run_dir: Path, run_id: str, name: str, group: str | None,
+               previous: dict[str, Any], chosen: Mapping[str, tuple[BackendInfo, BaseModel]],
+               params: Mapping[str, Any] | None) -> Run:
     info = RunInfo(
         id=run_id, name=name, project=cfg.project, entity=cfg.entity, tags=tuple(cfg.tags), notes=cfg.notes,
         group=group, config=redact(_plain(params or {})), dir=run_dir, resumed=bool(previous), sweep=cfg.sweep,
@@ -216,48 +233,78 @@ def wait_for_orphaned_delivery(run_dir: Path, data: Mapping[str, Any]) -> None:
                           f"(it stops within the run's flush_timeout), then try again") from None
 
 
-def sync(run_dir: str | os.PathLike[str], backend: str | None = None) -> dict[str, int]:
-    """Deliver every event a backend of ``run_dir`` has not acknowledged.
+SYNC_TIMEOUT: Final = 600.0  # seconds `sync` delivers before it reports what is left
 
-    Idempotent: a backend's position moves only after its hook returned, so a
-    second call finds nothing to deliver. A run left ``running`` by a dead
-    process is closed as ``killed``. Returns the undelivered counts left.
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What ``sync`` did, per backend: events delivered now and events still missing."""
+
+    delivered: dict[str, int]
+    remaining: dict[str, int]
+
+
+def sync(run_dir: str | os.PathLike[str], backend: str | None = None, *, timeout: float | None = None,
+         config: str | os.PathLike[str] | Mapping[str, Any] | TrackingConfig | None = None) -> dict[str, int]:
+    """Deliver every event a backend of ``run_dir`` does not hold; return what is still missing.
+
+    Idempotent: a backend's position moves only once the tracker holds the
+    events durably, so a second call finds nothing to deliver. A run left
+    ``running`` by a dead process is closed as ``killed``. See :func:`sync_run`
+    for ``timeout`` and ``config``.
+    """
+    return sync_run(run_dir, backend, timeout=timeout, config=config).remaining
+
+
+def sync_run(run_dir: str | os.PathLike[str], backend: str | None = None, *, timeout: float | None = None,
+             config: str | os.PathLike[str] | Mapping[str, Any] | TrackingConfig | None = None) -> SyncReport:
+    """:func:`sync`, reporting per backend what was delivered and what is left.
+
+    ``timeout`` (default 600 s) bounds the whole call: a backend that hangs or
+    is still behind then is left with its events counted as remaining.
+    ``config`` is the run's tracking config (a YAML path, a dict, a
+    TrackingConfig): its backend options replace the copies in ``run.json``,
+    where secrets are redacted, so credentials come from the config (or the
+    environment, for a backend that reads it) and never from the redacted copy.
     """
     run_dir = Path(run_dir).resolve()
     data = read_run_file(run_dir)
     if not data or not (run_dir / JOURNAL_FILE).exists():
         raise ConfigError(f"{run_dir} is not a foundry-track run directory (no {RUN_FILE} or {JOURNAL_FILE})")
-    if data.get("status") == "running" and process_alive(data) and data.get("pid") != os.getpid():
-        raise ConfigError(f"run {data['id']} is still being written by process {data['pid']}; sync it after it ends")
+    if dir_held(run_dir) or (data.get("status") == "running" and process_alive(data)
+                             and data.get("pid") != os.getpid()):
+        raise ConfigError(f"run {data['id']} is still being written by process {data.get('pid')}; "
+                          f"sync it after it ends")
     status: Status = data.get("status") if data.get("status") in STATUSES else "killed"  # type: ignore[assignment]
     wait_for_orphaned_delivery(run_dir, data)
     journal = Journal(run_dir / JOURNAL_FILE)
-    positions = journal.positions()
-    names = list(dict.fromkeys([*data.get("backends", {}), *positions]))
-    if backend is not None:
-        if backend not in names:
-            raise ConfigError(f"run {data['id']} has no backend {backend!r}; it has: {', '.join(names) or 'none'}")
-        names = [backend]
-    found = discover()
-    last = journal.last_seq
-    info = run_info(data, run_dir, resumed=True)
-    dispatcher = Dispatcher(journal, info, start_timeout=data.get("start_timeout", 60.0), strict=False,
+    names = _sync_names(data, journal, backend)
+    given = load_config(config).backends if config is not None else {}
+    dispatcher = Dispatcher(journal, run_info(data, run_dir, resumed=True),
+                            start_timeout=data.get("start_timeout", 60.0), strict=False,
                             on_identity=lambda n, ident: save_identity(run_dir, n, ident))
     dispatcher.status = status
     dispatcher.closing.set()  # nothing new will arrive: deliver up to last_seq and finish
-    left: dict[str, int] = {}
+    found, before = discover(), {}
     for name in names:
-        pos = journal.position(name)
-        if pos >= last and data.get("status") in STATUSES:
+        if journal.position(name) >= journal.last_seq and data.get("status") in STATUSES:
             continue
         info_b = found.get(name)
         if info_b is None or not info_b.available:
             raise ConfigError(f"cannot sync backend {name!r}: {info_b.problem if info_b else 'not installed'}")
-        options = validate_options(info_b, data.get("backends", {}).get(name, {}))
-        worker = dispatcher.add(name, hooks_for(info_b), options, data.get("backend_ids", {}).get(name, {}),
-                                synchronous=True)
-        if worker.pending():
-            left[name] = worker.pending()
+        options = validate_options(info_b, given.get(name) or data.get("backends", {}).get(name) or {})
+        before[name] = journal.last_seq - journal.position(name)
+        dispatcher.add(name, hooks_for(info_b), options, data.get("backend_ids", {}).get(name, {}))
+    left = dispatcher.finish(status, SYNC_TIMEOUT if timeout is None else timeout)
     journal.close()
     update_run_file(run_dir, status=status, undelivered=left, synced=time.time())
-    return left
+    return SyncReport(delivered={n: max(0, c - left.get(n, 0)) for n, c in before.items()}, remaining=left)
+
+
+def _sync_names(data: Mapping[str, Any], journal: Journal, backend: str | None) -> list[str]:
+    names = list(dict.fromkeys([*data.get("backends", {}), *journal.positions()]))
+    if backend is None:
+        return names
+    if backend not in names:
+        raise ConfigError(f"run {data['id']} has no backend {backend!r}; it has: {', '.join(names) or 'none'}")
+    return [backend]

@@ -368,23 +368,40 @@ class MlflowBackend:
         return identity
 
     def _resolve_uri(self, run: RunInfo, options: MlflowOptions, resume_state: Mapping[str, str]) -> str:
-        """The run's tracking URI; fixed at its first start unless the option changes."""
+        """The run's tracking URI; fixed at its first start unless the option changes.
+
+        What is saved in the run directory has its password masked; the real
+        one comes from the option or ``MLFLOW_TRACKING_URI`` given now (sync
+        passes the config file's options; run.json's copies are redacted)."""
         state_path = Path(run.dir) / STATE_FILE
         try:
             state = json.loads(state_path.read_text())
         except (OSError, ValueError):
             state = {}
+        given = [u for u in (options.tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")) if u and "***" not in u]
         saved = state.get("tracking_uri")
-        if saved and options.tracking_uri in (None, state.get("option")):
+        option = None if options.tracking_uri is None else masked_uri(options.tracking_uri)
+        if saved and option in (None, state.get("option")):
             # Same run, same (or no) option: the URI resolved the first time, even
             # from another directory or a shell without MLFLOW_TRACKING_URI.
-            return str(saved)
-        uri = absolute_uri(options.tracking_uri or resume_state.get("tracking_uri")
-                           or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
+            return self._unmasked(str(saved), given)
+        uri = absolute_uri(next(iter(given), None) or resume_state.get("tracking_uri") or "sqlite:///mlflow.db")
         # Written before any network call: a start that fails still tells a
-        # later `foundry-track sync` where the run belongs.
-        state_path.write_text(json.dumps({"tracking_uri": uri, "option": options.tracking_uri}, indent=2))
-        return uri
+        # later `foundry-track sync` where the run belongs. Never a password.
+        state_path.write_text(json.dumps({"tracking_uri": masked_uri(uri), "option": option}, indent=2))
+        return self._unmasked(uri, given)
+
+    @staticmethod
+    def _unmasked(uri: str, given: list[str]) -> str:
+        if "***" not in uri:
+            return uri
+        for candidate in given:
+            full = absolute_uri(candidate)
+            if masked_uri(full) == uri:
+                return full
+        raise MlflowBackendError(
+            f"the run's MLflow tracking URI {uri} has a password, which foundry-track does not store; pass the "
+            f"run's config (foundry-track sync RUN_DIR --config CONFIG) or set MLFLOW_TRACKING_URI to the full URI")
 
     def _saved_run(self, run: RunInfo, run_id: str | None) -> Any:
         """The MLflow run saved in run.json (resume, sync), if it still exists."""
