@@ -74,7 +74,8 @@ def sweep_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict
 
 
 def state_of(sweep_dir: Path) -> dict[str, Any]:
-    return json.loads((sweep_dir / STATE_FILE).read_text())
+    state: dict[str, Any] = json.loads((sweep_dir / STATE_FILE).read_text())
+    return state
 
 
 def logged(sweep_dir: Path, trial: str, key: str) -> int:
@@ -154,6 +155,7 @@ def test_the_guides_bayes_sweep_runs_on_the_trainer_grouped_in_mlflow_and_tensor
     # MLflow: one parent run named after the sweep, the six trials nested under it.
     client = MlflowClient(f"sqlite:///{db}")
     experiment = client.get_experiment_by_name("sweep-guide")
+    assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("foundry_track.sweep") == sweep_id]
     assert parent.info.run_name == sweep_id and parent.info.status == "FINISHED"
@@ -282,6 +284,7 @@ def test_random_sampler_respects_bounds_choices_log_scale_and_quantisation() -> 
     ({"method": "bayes", "metric": None}, "method bayes needs a `metric`"),
     ({"early_terminate": {"type": "hyperband"}}, "hyperband needs `min_iter`"),
     ({"command": ["${interpreter}", "${progam}"]}, "unknown macro(s) ${progam}"),
+    ({"program": None}, "`program` is missing: name what each trial runs, a script (`program: train.py`)"),
     ({"parameters": {"opt": {"parameters": {"lr": {"value": 1}}}}}, "nested `parameters` are not supported"),
 ])
 def test_bad_sweep_files_name_the_field(spec: dict[str, Any], message: str) -> None:
@@ -302,7 +305,16 @@ def test_the_guides_sweep_file_is_valid_and_infers_like_wandb() -> None:
 
 
 def test_command_lines_follow_the_wandb_agent(tmp_path: Path) -> None:
+    # The runner knows no program: the default command passes the config as the
+    # program's first argument; a sweep file that wants `train CONFIG` says so.
     spec = parse_spec({"program": "model_foundry.cli", "method": "random",
+                       "parameters": {"learning_rate": {"value": 1e-5}, "flag": {"value": True}}})
+    argv = build_command(spec, ["-m", "model_foundry.cli"], {"learning_rate": 1e-5, "flag": True},
+                         config="/c/quick.yaml", args_file=tmp_path / "a.json")
+    assert argv == [sys.executable, "-m", "model_foundry.cli", "/c/quick.yaml",
+                    "--learning_rate=1e-05", "--flag=True"]
+    spec = parse_spec({"program": "model_foundry.cli", "method": "random",
+                       "command": ["${env}", "${interpreter}", "${program}", "train", "${config}", "${args}"],
                        "parameters": {"learning_rate": {"value": 1e-5}, "flag": {"value": True}}})
     argv = build_command(spec, ["-m", "model_foundry.cli"], {"learning_rate": 1e-5, "flag": True},
                          config="/c/quick.yaml", args_file=tmp_path / "a.json")
@@ -356,8 +368,11 @@ def test_every_trial_failing_exits_1_and_a_bad_file_exits_2(tmp_path: Path, caps
     assert main(["sweep"]) == 2
     assert "give a sweep file, or --resume SWEEP_DIR" in capsys.readouterr().err
     monkeypatch.delenv("MODEL_FOUNDRY_CONFIG", raising=False)
-    assert main(["sweep", str(ROOT / "configs" / "sweep_config.yaml"), "--count", "1"]) == 2
-    assert "model_foundry.cli trains from an experiment config: give --config CONFIG" in capsys.readouterr().err
+    needs_config = write_sweep(tmp_path, {
+        "method": "grid", "parameters": {"a": {"value": 1}},
+        "command": ["${env}", "${interpreter}", "${program}", "train", "${config}", "${args}"]}, "config.yaml")
+    assert main(["sweep", str(needs_config)]) == 2
+    assert "the sweep's `command:` uses ${config}: give --config CONFIG" in capsys.readouterr().err
     assert set((tmp_path / "runs").glob("sweep-*")) == sweeps  # bad input makes no sweep directory
 
 
@@ -368,6 +383,16 @@ def test_reaching_the_metric_target_stops_starting_trials(tmp_path: Path,
     code, summary, _ = sweep_cli(capsys, str(sweep))
     assert code == 0 and summary["target_reached"] and summary["remaining"] == 0
     assert [t["params"]["b"] for t in summary["trials"]] == [3, 0.1]  # 1 + 0.1 + 1/5 <= 1.5: no third trial
+
+
+def test_a_sweep_without_a_metric_runs_every_trial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No `metric:`: nothing to optimise or plot, but each trial's run is found and the trial finishes."""
+    sweep = write_sweep(tmp_path, {"method": "grid", "parameters": {"b": {"values": [1, 2]}}})
+    code, summary, progress = sweep_cli(capsys, str(sweep))
+    assert code == 0, progress
+    assert [t["state"] for t in summary["trials"]] == ["finished", "finished"], summary["trials"]
+    assert all(load_run(t["run_dir"]).status == "success" for t in summary["trials"])
+    assert summary["best"] is None and summary["plot"] is None and summary["plot_note"] is None
 
 
 # --------------------------------------------------------------------------- #
@@ -471,7 +496,9 @@ def test_mlflow_parent_run_per_group_is_opt_in(tmp_path: Path, monkeypatch: pyte
     with ft.init(cfg, group="other", run_name="o0") as run:  # FOUNDRY_TRACK_SWEEP names another group
         run.log({"x": 2.0}, step=0)
     client = MlflowClient(uri)
-    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("nesting").experiment_id])}
+    experiment = client.get_experiment_by_name("nesting")
+    assert experiment is not None
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     assert sorted(runs) == ["c0", "c1", "o0", "p0", "sw1"]  # one parent, made once
     parent = runs["sw1"]
     assert parent.data.tags["foundry_track.sweep"] == "sw1" and parent.info.status == "FINISHED"
