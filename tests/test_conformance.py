@@ -30,6 +30,9 @@ from tests.helpers.tb import accumulator, scalars
 HOOKS = set(hookspecs.__all__)
 # The hooks a run calls; tracker_doctor is called by `foundry-track doctor`, never in a run.
 LOG_HOOKS = HOOKS - {"tracker_options_model", "tracker_unavailable", "tracker_doctor"}
+# Only a backend that buffers implements it (TensorBoard's event file); a call that is durable when it
+# returns (MLflow's REST API) needs none.
+BUFFERED_ONLY = {"tracker_flush"}
 
 
 def _text(acc: Any, tag: str) -> list[str]:
@@ -86,8 +89,10 @@ def test_remote_builtin_backend_passes_the_conformance_kit(name: str, tmp_path: 
     if info is None or not info.available:
         pytest.skip(f"the {name} backend is not available here: {info.problem if info else 'not installed'}")
     report = check_backend(name, REMOTE[name](tmp_path), tmp_path).assert_ok()
-    assert LOG_HOOKS <= report.implemented
-    assert {"foundry_track.init", "foundry_track.sync"} <= {r.hook for r in report.results}
+    assert LOG_HOOKS - BUFFERED_ONLY <= report.implemented
+    called = {r.hook for r in report.results}
+    assert (report.implemented & LOG_HOOKS) <= called  # tracker_flush too, where it is implemented
+    assert {"foundry_track.init", "foundry_track.sync"} <= called
 
 
 # --------------------------------------------------------------------------- #
@@ -137,6 +142,62 @@ def test_a_broken_backend_is_reported_with_hook_and_case(tmp_path: Path) -> None
         report.assert_ok()
     assert "[metrics: NaN and inf] tracker_log_metrics: raised ValueError" in str(raised.value)
     assert "[finish twice] tracker_finish: raised RuntimeError" in str(raised.value)
+
+
+def test_the_kit_drives_tracker_flush_and_hands_its_checkpoint_back_at_restart(tmp_path: Path) -> None:
+    seen: list[tuple[str, Any]] = []
+
+    class Buffered:
+        @ft.hookimpl
+        def tracker_start(self, run: Any, options: Any, resume_state: Any) -> dict[str, str]:
+            seen.append(("start", dict(resume_state)))
+            return {"run_id": run.id}
+
+        @ft.hookimpl
+        def tracker_log_metrics(self, rows: Any) -> None:
+            seen.append(("metrics", len(rows)))
+
+        @ft.hookimpl
+        def tracker_flush(self) -> dict[str, str]:
+            seen.append(("flush", None))
+            return {"offset": str(len(seen))}
+
+        @ft.hookimpl
+        def tracker_finish(self, status: Any, complete: bool) -> None:
+            seen.append(("finish", (status, complete)))
+
+    report = check_backend(Buffered, {}, tmp_path).assert_ok()
+    for case in ("flush right after start", "flush after the metrics", "flush before finish",
+                 "restart after a failed run: flush right after start"):
+        assert case in report.cases
+    starts = [i for i, (hook, _) in enumerate(seen) if hook == "start"]
+    assert len(starts) == 3 and seen[starts[0]][1] == {}
+    run_id = seen[starts[1]][1]["run_id"]
+    for earlier, start in zip(starts, starts[1:]):
+        # The checkpoint of the last flush of the instance before, with the identity.
+        last_flush = max(i for i in range(earlier, start) if seen[i][0] == "flush")
+        assert seen[start][1] == {"run_id": run_id, "offset": str(last_flush + 1)}
+    # A flush right after each start, and after the last rows of a new run before its finish.
+    assert [seen[i + 1][0] for i in starts] == ["flush"] * 3
+    assert [s for hook, s in seen if hook == "finish"] == [("success", True), ("success", True),
+                                                          ("failed", False), ("killed", True)]
+
+
+def test_a_tracker_flush_that_returns_no_checkpoint_mapping_is_reported(tmp_path: Path) -> None:
+    class BadCheckpoint:
+        @ft.hookimpl
+        def tracker_log_text(self, text: Any) -> None:
+            pass
+
+        @ft.hookimpl
+        def tracker_flush(self) -> Any:
+            return {"offset": 120}  # not a str
+
+    report = check_backend(BadCheckpoint, {}, tmp_path)
+    problems = report.problems_with(hook="tracker_flush")
+    assert [p.case for p in problems][:3] == ["flush right after start", "flush after the metrics",
+                                              "flush before finish"]
+    assert "must return None or a mapping of str to str (the checkpoint), returned {'offset': 120}" in problems[0].message
 
 
 def test_a_hook_that_never_returns_is_reported(tmp_path: Path) -> None:

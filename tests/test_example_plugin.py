@@ -10,8 +10,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,6 +22,7 @@ import numpy as np
 import pytest
 
 import foundry_track as ft
+from foundry_track.journal import JOURNAL_FILE, Journal
 from foundry_track.media import digest_path
 from foundry_track.plugins import discover
 from foundry_track.testing import check_backend
@@ -160,8 +164,63 @@ tracking:
     assert by_kind["text"][0]["text"] == "# done"
     (artifact,) = by_kind["artifact"]
     assert (artifact["name"], artifact["type"], artifact["digest"]) == ("checkpoint", "model", digest_path(checkpoint))
-    assert by_kind["alert"][0]["level"] == "info" and by_kind["finish"] == [{"event": "finish", "status": "success"}]
+    assert by_kind["alert"][0]["level"] == "info"
+    assert by_kind["finish"] == [{"event": "finish", "status": "success", "complete": True}]
     assert "secret" not in out.read_text()
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, foundry_track as ft
+    root, out = sys.argv[1:3]
+    run = ft.init({"dir": root, "delivery": "thread", "fallback": None, "backends": {"jsonl": {"path": out}}})
+    print(run.dir, flush=True)
+    run.log_params({"lr": 0.001})
+    step = 0
+    while True:
+        run.log({"loss": 1.0 / (step + 1), **{f"layer_{i}/grad_norm": step * 1e-3 for i in range(16)}}, step=step)
+        step += 1
+    """
+)
+
+
+@pytest.mark.thread_delivery  # the backend must die with the training process
+def test_tracker_flush_checkpoint_makes_sync_after_sigkill_deliver_each_event_once(
+        jsonl_installed: Path, tmp_path: Path) -> None:
+    """A process killed while its lines past the last checkpoint are in the file:
+    `foundry-track sync` cuts them off (tracker_start with the checkpoint) and
+    offers their events again, so every journal event is in the file once."""
+    out = tmp_path / "events.jsonl"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "runs"), str(out)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        run_dir = Path(child.stdout.readline().strip())
+        journal = Journal(run_dir / JOURNAL_FILE, readonly=True)
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, "the file never had lines past the checkpoint"
+            time.sleep(0.01)
+            os.kill(child.pid, signal.SIGSTOP)  # frozen: the file and the journal hold still while we look
+            checkpoint = journal.checkpoint("jsonl")
+            if journal.position("jsonl") > 1000 and out.stat().st_size > int(checkpoint["offset"]):
+                break  # events written but not flushed: a crash now leaves them past the checkpoint
+            os.kill(child.pid, signal.SIGCONT)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+
+    result = subprocess.run([sys.executable, "-m", "foundry_track.cli", "sync", str(run_dir)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = _read(out)  # every line whole: a line the kill cut in half is gone too
+    journal = Journal(run_dir / JOURNAL_FILE, readonly=True)
+    logged = [(r.step, r.time) for r in journal.iter_records("metrics")]
+    assert len(logged) > 1000
+    assert [(line["step"], line["time"]) for line in lines if line["event"] == "metrics"] == logged
+    assert [line["params"] for line in lines if line["event"] == "params"] == [{"lr": 0.001}]
+    assert [line["event"] for line in lines if line["event"] in ("start", "finish")] == ["start", "start", "finish"]
+    assert lines[-1] == {"event": "finish", "status": "killed", "complete": True}
 
 
 def test_it_passes_the_conformance_kit(jsonl_installed: Path, tmp_path: Path) -> None:
@@ -176,4 +235,4 @@ def test_its_own_tests_pass(jsonl_dist: tuple[Path, Path], jsonl_installed: Path
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
                             cwd=source, capture_output=True, text=True, timeout=180, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "3 passed" in result.stdout
+    assert "4 passed" in result.stdout

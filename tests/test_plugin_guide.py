@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 import foundry_track as ft
+from foundry_track.journal import JOURNAL_FILE, Journal
 from foundry_track.plugins import discover
 
 try:
@@ -109,4 +110,13 @@ def test_a_backend_built_from_the_tutorial_receives_a_run(tutorial_backend: Path
                                                  "text", "artifact", "alert", "finish"}
     assert [line["values"] for line in lines if line["event"] == "metrics"] == [
         {"train/loss": 0.5}, {"train/loss": "Infinity", "ñ": 1}]
-    assert lines[0]["config"] == {"lr": 0.001} and lines[-1] == {"event": "finish", "status": "success"}
+    assert lines[0]["config"] == {"lr": 0.001}
+    assert lines[-1] == {"event": "finish", "status": "success", "complete": True}
+    # Delivered means durable: the last tracker_flush came after the last event,
+    # and its checkpoint (the file up to the finish line) is stored with the position.
+    events = run.dir / "events.jsonl"
+    data = events.read_bytes()
+    journal = Journal(run.dir / JOURNAL_FILE, readonly=True)
+    assert journal.position("jsonl") == journal.refresh()
+    assert journal.checkpoint("jsonl") == {"path": str(events.resolve()),
+                                           "offset": str(len(data) - len(data.splitlines(keepends=True)[-1]))}

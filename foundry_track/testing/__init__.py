@@ -18,9 +18,12 @@ Use it from your backend's own tests::
    called on one thread of its own as the dispatcher does, with the edge cases
    the dispatcher really delivers: an empty batch, unicode keys, NaN and inf,
    a 10,000-row batch, out-of-order and repeated steps, every media kind,
-   artifacts twice, ``finish`` twice, and a restart with the saved identity
-   after a failed run (what ``resume`` and ``foundry-track sync`` do). Each
-   call must return within ``hook_timeout`` seconds.
+   artifacts twice, ``tracker_flush`` where the dispatcher calls it (it must
+   return None or a checkpoint mapping str to str), ``finish`` twice, and a
+   restart after a failed run with the saved identity and the checkpoint of
+   the last flush (what ``resume`` and ``foundry-track sync`` do) that ends
+   with ``complete=False``. Each call must return within ``hook_timeout``
+   seconds.
 3. **End to end** (when the backend is given by its entry-point name) — a run
    through :func:`foundry_track.init` with ``strict=True``, a resume that ends
    ``failed``, and a ``foundry-track sync`` that replays every event the

@@ -50,6 +50,8 @@ class Case:
 
 NO_RAISE: Final = ("a backend must not raise for data it can receive: store it, or skip it with one "
                    "warning (logging/warnings), never an exception")
+FLUSH: Final = ("make every event received so far durable, then return None or a checkpoint mapping str to str "
+                "(where the durable data ends, e.g. a file's name and length)")
 
 
 # One constructor per hook, so a case's hook name and its call cannot disagree.
@@ -91,8 +93,12 @@ def _alert(name: str, alert: AlertEvent, hint: str = "") -> Case:
     return Case(name, "tracker_alert", lambda h: h.alert(alert), hint)
 
 
-def _finish(name: str, status: Status, hint: str = "") -> Case:
-    return Case(name, "tracker_finish", lambda h: h.finish(status, True), hint)
+def _flush(name: str, hint: str = FLUSH) -> Case:
+    return Case(name, "tracker_flush", lambda h: h.flush(), hint)
+
+
+def _finish(name: str, status: Status, hint: str = "", *, complete: bool = True) -> Case:
+    return Case(name, "tracker_finish", lambda h: h.finish(status, complete), hint)
 
 
 # --------------------------------------------------------------------------- #
@@ -152,11 +158,16 @@ def write_inputs(root: Path) -> Inputs:
 
 
 def new_run_cases(info: RunInfo, options: Any, files: Inputs) -> list[Case]:
-    """A new run: every hook, with the edge cases the dispatcher really delivers."""
+    """A new run: every hook, with the edge cases the dispatcher really delivers,
+    and ``tracker_flush`` where the dispatcher calls it (after start, now and
+    then, before finish)."""
     return [
         _start("start a new run", info, options, {}),
+        _flush("flush right after start"),
         *_params_and_metrics_cases(),
+        _flush("flush after the metrics"),
         *_media_cases(files),
+        _flush("flush before finish"),
         _finish("finish", "success"),
         _finish("finish twice", "success",
                 "tracker_finish can be called again for a closed run (by foundry-track sync): make it harmless"),
@@ -244,15 +255,20 @@ def _media_cases(files: Inputs) -> list[Case]:
 
 
 def restart_cases(info: RunInfo, options: Any, identity: Mapping[str, str]) -> list[Case]:
-    """A second instance, started with the identity the first returned (resume, sync)."""
+    """A second instance, started with the identity the first returned and the
+    checkpoint of its last flush (resume, sync); it ends with a gap."""
     return [
         _start("restart after a failed run: start with the saved identity", info, options, identity,
-               "resume_state is what tracker_start returned before: reopen the same backend run"),
+               "resume_state is what tracker_start returned before, with the checkpoint of the last "
+               "tracker_flush: reopen the same backend run and drop what was written past the checkpoint"),
+        _flush("restart after a failed run: flush right after start"),
         _metrics("restart after a failed run: steps already delivered, again",
                  _rows([5, 6, 7, 8], lambda s: {"train/loss": 1.0 / (s + 1)}),
                  "after a restart the same steps can arrive again"),
         _params("restart after a failed run: params again", {"lr": 0.001, "layers": 4, "resumed": True}),
-        _finish("restart after a failed run: finish as failed", "failed"),
+        _finish("restart after a failed run: finish as failed, incomplete", "failed",
+                "complete=False: the backend does not hold every event (it gave up on one); sync delivers the "
+                "rest later and finishes again: do not mark the run finished successfully", complete=False),
     ]
 
 
@@ -260,8 +276,10 @@ def sync_cases(info: RunInfo, options: Any, identity: Mapping[str, str]) -> list
     """A third instance that is started and finished with nothing to deliver."""
     return [
         _start("sync of a closed run: start with the saved identity", info, options, identity),
+        _flush("sync of a closed run: flush right after start"),
         _finish("sync of a closed run: finish as killed with no events", "killed",
-                "sync closes a run whose process died as 'killed', possibly with nothing left to deliver"),
+                "sync closes a run whose process died as 'killed', possibly with nothing left to deliver; "
+                "complete=True again after an incomplete finish"),
     ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import reprlib
 import secrets
 import string
 import threading
@@ -99,9 +100,23 @@ def _run_id() -> str:
     return "ck" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(6))
 
 
+@dataclass
+class _Saved:
+    """What the journal and ``run.json`` keep between two instances of a run:
+    the identity ``tracker_start`` returned and the checkpoint of the last
+    ``tracker_flush``. The next ``tracker_start`` gets both, merged."""
+
+    identity: dict[str, str] = field(default_factory=dict)
+    checkpoint: dict[str, str] = field(default_factory=dict)
+
+    def resume_state(self) -> dict[str, str]:
+        return {**self.identity, **self.checkpoint}
+
+
 def drive_hooks(checker: Checker, backend: Loaded) -> None:
-    """A new run on a fresh instance; a restart with the identity it returned on
-    a second; a sync with nothing to deliver on a third."""
+    """A new run on a fresh instance; a restart with the identity it returned
+    and the checkpoint of its last flush on a second; a sync with nothing to
+    deliver on a third."""
     from foundry_track.plugins import BackendHooks, build_plugin_manager
 
     run_dir = checker.root / "run"
@@ -114,27 +129,28 @@ def drive_hooks(checker: Checker, backend: Loaded) -> None:
                    tags=("conformance", "ünïcode-tag"), notes="foundry_track.testing.check_backend",
                    group="conformance-kit", config=config, dir=run_dir, resumed=False)
 
-    def instance(cases: list[Case]) -> Mapping[str, str] | None:
+    saved = _Saved()
+
+    def instance(cases: list[Case]) -> bool:
         hooks = BackendHooks(build_plugin_manager({checker.name: backend.factory()}, trace=False), checker.name)
         thread = HookThread(hooks, checker.name)
         try:
-            return _drive(checker, thread, hooks.implemented, cases)
+            return _drive(checker, thread, hooks.implemented, cases, saved)
         finally:
             thread.close()
 
-    identity = instance(new_run_cases(info, backend.options, files))
-    if identity is None:
+    if not instance(new_run_cases(info, backend.options, files)):
         return
     resumed = replace(info, resumed=True)
-    if instance(restart_cases(resumed, backend.options, identity)) is None:
+    if not instance(restart_cases(resumed, backend.options, saved.resume_state())):
         return
-    instance(sync_cases(resumed, backend.options, identity))
+    instance(sync_cases(resumed, backend.options, saved.resume_state()))
 
 
-def _drive(checker: Checker, thread: HookThread, implemented: frozenset[str], cases: list[Case]
-           ) -> Mapping[str, str] | None:
-    """Run the cases on one instance; return the start identity, or None if the instance is unusable."""
-    identity: Mapping[str, str] = {}
+def _drive(checker: Checker, thread: HookThread, implemented: frozenset[str], cases: list[Case],
+           saved: _Saved) -> bool:
+    """Run the cases on one instance, noting its identity and checkpoints in
+    ``saved``; False if the instance is unusable."""
     for case in cases:
         if case.hook not in implemented:
             if case.hook != "tracker_start":
@@ -147,7 +163,7 @@ def _drive(checker: Checker, thread: HookThread, implemented: frozenset[str], ca
             checker.problem(case.name, case.hook, f"did not return within {checker.hook_timeout:g} s: a hook must "
                             "not block forever (use timeouts on network calls)")
             checker.result(case.name, case.hook, time.perf_counter() - started, False)
-            return None
+            return False
         checker.result(case.name, case.hook, time.perf_counter() - started, call.error is None)
         if call.error is not None:
             hint = f" ({case.hint})" if case.hint else ""
@@ -155,11 +171,17 @@ def _drive(checker: Checker, thread: HookThread, implemented: frozenset[str], ca
                             call.traceback)
             if case.hook == "tracker_start":
                 checker.skip(f"the cases after {case.name!r} (tracker_start failed)")
-                return None
-            continue
+                return False
+            continue  # a flush that raised keeps the previous checkpoint, as the journal does
         if case.hook == "tracker_start":
             identity = _identity(checker, case, call.result)
-    return identity
+            if identity:  # the dispatcher saves a non-empty identity only
+                saved.identity = dict(identity)
+        elif case.hook == "tracker_flush":
+            checkpoint = _checkpoint(checker, case, call.result)
+            if checkpoint is not None:
+                saved.checkpoint = checkpoint
+    return True
 
 
 def _identity(checker: Checker, case: Case, result: object) -> Mapping[str, str]:
@@ -173,6 +195,19 @@ def _identity(checker: Checker, case: Case, result: object) -> Mapping[str, str]
     if any(not isinstance(k, str) or not isinstance(v, str) for k, v in result.items()):
         checker.advise("tracker_start's identity should map str to str (other values are converted with str())")
     return {str(k): str(v) for k, v in result.items()}
+
+
+def _checkpoint(checker: Checker, case: Case, result: object) -> dict[str, str] | None:
+    """What ``tracker_flush`` returned, as the journal stores it with the
+    position (empty for None); None, with a problem, if it is not a str-to-str mapping."""
+    if result is None:
+        return {}
+    if not isinstance(result, Mapping) or any(not isinstance(k, str) or not isinstance(v, str)
+                                              for k, v in result.items()):
+        checker.problem(case.name, case.hook, f"must return None or a mapping of str to str (the checkpoint), "
+                        f"returned {reprlib.repr(result)}")
+        return None
+    return dict(result)
 
 
 # --------------------------------------------------------------------------- #
@@ -236,7 +271,9 @@ def _sync_replays(checker: Checker, run_dir: Path) -> None:
 
     case = "end to end: foundry-track sync replays every event the backend already has"
     journal = Journal(run_dir / JOURNAL_FILE)
-    journal.set_position(checker.name, 0)  # as if the process died after each hook returned, before the commit
+    # As if the process died after each hook returned, before the journal noted it. A buffered backend's
+    # checkpoint stays where it was, so it is offered events it holds before the checkpoint too: it must cope.
+    journal.set_position(checker.name, 0)
     journal.close()
     box: dict[str, Any] = {}
 

@@ -4,6 +4,11 @@ Each line has an ``"event"`` field (start, metrics, params, image, histogram,
 table, text, artifact, alert, finish) and the event's own fields. JSON has no
 NaN or infinity, so those are written as the strings "NaN", "Infinity" and
 "-Infinity".
+
+Each event is in the file once, even after a crash: the lines go through a
+buffer, ``tracker_flush`` makes them durable and returns the file's length as
+the checkpoint, and a restart cuts the file back to that length before the
+events after it are offered again.
 """
 
 from __future__ import annotations
@@ -50,8 +55,9 @@ class JsonlOptions(BaseModel):
     )
     fsync: bool = Field(
         False,
-        description="Ask the OS to put each batch on disk before the hook returns "
-        "(survives a power cut; costs about a millisecond per batch).",
+        description="Also ask the OS to put the file on disk at each flush, about once a second "
+        "(then the events survive a power cut, not only a crash of the process; costs a few milliseconds "
+        "per flush).",
         examples=[True],
     )
 
@@ -85,9 +91,14 @@ class JsonlBackend:
     @foundry_track.hookimpl
     def tracker_start(self, run: RunInfo, options: JsonlOptions, resume_state: Mapping[str, str]) -> dict[str, str]:
         # A resumed run, or `foundry-track sync`, gets back what we return below
-        # as `resume_state`: keep appending to the same file.
+        # as `resume_state`: keep appending to the same file...
         path = Path(resume_state.get("path") or options.path or run.dir / "events.jsonl")
         path.parent.mkdir(parents=True, exist_ok=True)
+        if "offset" in resume_state and path.is_file():
+            # ...after cutting off what was written past the checkpoint of our last
+            # tracker_flush: those events are offered again, and each must be in the
+            # file once. (min: never lengthen the file, that would add zero bytes.)
+            os.truncate(path, min(int(resume_state["offset"]), path.stat().st_size))
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in tracker_finish
         self._fsync = options.fsync
         self.path = path.resolve()
@@ -98,9 +109,7 @@ class JsonlBackend:
     def _write(self, records: Sequence[Mapping[str, Any]]) -> None:
         assert self._file is not None, "tracker_start has not run"
         self._file.write("".join(json.dumps(_plain(r), ensure_ascii=False, default=str) + "\n" for r in records))
-        self._file.flush()  # readable with `tail -f` while the run goes on
-        if self._fsync:
-            os.fsync(self._file.fileno())
+        self._file.flush()  # readable with `tail -f`; durable only once tracker_flush returned
 
     @foundry_track.hookimpl
     def tracker_log_metrics(self, rows: Sequence[MetricRow]) -> None:
@@ -139,12 +148,24 @@ class JsonlBackend:
         self._event("alert", alert)
 
     @foundry_track.hookimpl
-    def tracker_finish(self, status: Status) -> None:
+    def tracker_flush(self) -> dict[str, str]:
+        # Everything written so far becomes durable; the dispatcher then moves our
+        # journal position and stores this checkpoint with it, in one transaction.
+        assert self._file is not None, "tracker_start has not run"
+        self._file.flush()
+        if self._fsync:
+            os.fsync(self._file.fileno())  # on disk: survives a power cut too
+        return {"path": str(self.path), "offset": str(os.fstat(self._file.fileno()).st_size)}
+
+    @foundry_track.hookimpl
+    def tracker_finish(self, status: Status, complete: bool) -> None:
         # `foundry-track sync` may close the run again later, with a new
         # instance; on this instance a second call has nothing left to do.
         if self._file is None:
             return
-        self._write([{"event": "finish", "status": status}])
+        # complete=False: some events are still in the journal, for a later sync.
+        self._write([{"event": "finish", "status": status, "complete": complete}])
+        self.tracker_flush()  # the finish line is durable too
         self._file.close()
         self._file = None
 

@@ -4,11 +4,13 @@ point, the way it will find it for users."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import foundry_track
+from foundry_track.events import MetricRow, RunInfo
 from foundry_track.testing import check_backend
 
 
@@ -30,7 +32,7 @@ def test_every_event_is_one_json_line(tmp_path: Path) -> None:
     assert lines[1]["params"] == {"lr": 0.001, "model/layers": 2}
     assert lines[2]["values"] == {"loss": 0.5} and lines[3]["values"] == {"loss": "NaN"}
     assert lines[4]["text"] == "ça marche" and lines[5]["level"] == "info"
-    assert lines[-1]["status"] == "success"
+    assert lines[-1] == {"event": "finish", "status": "success", "complete": True}
 
 
 def test_default_file_is_in_the_run_directory_and_resume_appends(tmp_path: Path) -> None:
@@ -42,9 +44,35 @@ def test_default_file_is_in_the_run_directory_and_resume_appends(tmp_path: Path)
     resumed.log({"loss": 0.5})
     resumed.finish()
     lines = read(run.dir / "events.jsonl")
-    assert [line["event"] for line in lines] == ["start", "metrics", "finish", "start", "metrics", "finish"]
+    # The first finish line was written after the last checkpoint: the resume
+    # cut it off, so the file ends with one finish line, the run's last.
+    assert [line["event"] for line in lines] == ["start", "metrics", "start", "metrics", "finish"]
     assert [line["step"] for line in lines if line["event"] == "metrics"] == [0, 1]
-    assert lines[3]["resumed"] is True
+    assert lines[2]["resumed"] is True
+
+
+def test_a_restart_drops_what_was_written_after_the_checkpoint(tmp_path: Path) -> None:
+    # The hooks called by hand, in the order the dispatcher calls them.
+    from foundry_track_jsonl import JsonlBackend, JsonlOptions
+
+    info = RunInfo(id="r1", name="r1", project="demo", entity=None, tags=(), notes=None, group=None, config={},
+                   dir=tmp_path, resumed=False)
+    first = JsonlBackend()
+    identity = first.tracker_start(info, JsonlOptions(), {})
+    first.tracker_log_metrics([MetricRow(0, 1.0, {"loss": 1.0})])
+    checkpoint = first.tracker_flush()  # step 0 is durable: the journal notes it as delivered
+    first.tracker_log_metrics([MetricRow(1, 2.0, {"loss": 0.5})])  # written, not yet flushed, when...
+    first.tracker_finish("failed", False)  # ...the run ends with a gap (or the process dies)
+
+    # `foundry-track sync`: a new instance gets the identity and the checkpoint, then step 1 again.
+    second = JsonlBackend()
+    second.tracker_start(dataclasses.replace(info, resumed=True), JsonlOptions(), {**identity, **checkpoint})
+    second.tracker_log_metrics([MetricRow(1, 2.0, {"loss": 0.5})])
+    second.tracker_finish("failed", True)
+    lines = read(tmp_path / "events.jsonl")
+    assert [(line["event"], line.get("step")) for line in lines] == [
+        ("start", None), ("metrics", 0), ("start", None), ("metrics", 1), ("finish", None)]
+    assert lines[-1] == {"event": "finish", "status": "failed", "complete": True}
 
 
 def test_conformance(tmp_path: Path) -> None:
