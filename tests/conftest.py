@@ -16,17 +16,20 @@ PLUGIN_DATA = Path(__file__).parent / "plugins" / "data"
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[None]:
     """No test reads the developer's trackers, credentials or run folders.
 
-    ``FOUNDRY_TRACK_TEST_DELIVERY=process`` runs every test with the backends in
-    the delivery process (``tracking.delivery``) instead of threads.
+    ``FOUNDRY_TRACK_TEST_DELIVERY=thread`` runs every test with the backends in
+    threads of the training process instead of the delivery process (the
+    default); a test marked ``thread_delivery`` always runs with threads.
     """
     delivery = os.environ.get("FOUNDRY_TRACK_TEST_DELIVERY")
     for var in list(os.environ):
         if var.startswith(("FOUNDRY_TRACK_", "WANDB_", "_WANDB", "MLFLOW_")):
             monkeypatch.delenv(var)
-    if delivery:
+    if request.node.get_closest_marker("thread_delivery") is not None:
+        monkeypatch.setenv("FOUNDRY_TRACK_DELIVERY", "thread")
+    elif delivery:
         monkeypatch.setenv("FOUNDRY_TRACK_DELIVERY", delivery)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -69,13 +72,3 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
         yield server
     finally:
         server.stop()
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("FOUNDRY_TRACK_TEST_DELIVERY") != "process":
-        return
-    skip = pytest.mark.skip(reason="holds only with delivery: thread (a crashed run left `running`, a plugin "
-                                   "importable only here, hook names attributed in this process)")
-    for item in items:
-        if "thread_delivery" in item.keywords:
-            item.add_marker(skip)

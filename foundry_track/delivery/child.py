@@ -92,6 +92,15 @@ def _follow(journal: Journal, stop: threading.Event) -> None:
             journal.wake()
 
 
+def _send(channel: IO[str], message: Mapping[str, Any]) -> None:
+    try:
+        with _stdout_lock:
+            channel.write(json.dumps(message) + "\n")
+            channel.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        pass  # the training process is gone
+
+
 def _protocol_channel() -> IO[str]:
     """The pipe to the training process, for our JSON lines only: what the
     SDKs print (MLflow's "View run ..." lines, C libraries) goes to stderr."""
@@ -122,13 +131,12 @@ def _backend_options(backends: Mapping[str, Any], journal: Journal,
             options[name] = validate_options(found[name], raw)
             continue
         # Imported by the training script but not installed: this process
-        # finds plugins through entry points (or PYTHONPATH) only.
+        # finds plugins through entry points (or PYTHONPATH) only. The
+        # training process delivers it with threads of its own instead.
         missing.append(name)
         journal.register_backend(name)
-        _log.error("backend %r is not available in the delivery process (%s); its events stay in the "
-                   "journal. Install it as a distribution (or put it on PYTHONPATH), then: foundry-track sync "
-                   "%s --backend %s", name, found[name].problem if name in found else "not installed",
-                   run_dir, name)
+        _log.debug("backend %r is not available in the delivery process: %s", name,
+                   found[name].problem if name in found else "not installed")
     return options, missing
 
 
@@ -158,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = lock_run(run_dir)
     journal = Journal(run_dir / JOURNAL_FILE)
     options, missing = _backend_options(setup.get("backends", {}), journal, run_dir)
+    _send(channel, {"missing": missing})  # also tells the training process this one is up
     dispatcher = start_dispatcher(journal, info, options, data.get("backend_ids", {}),
                                   fallback=setup.get("fallback"), start_timeout=float(setup.get("start_timeout", 60)),
                                   strict=bool(setup.get("strict", False)))
@@ -175,17 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     follower.join()
     journal.refresh()  # the training process committed everything before asking to finish
     undelivered = dispatcher.finish(status, max(0.0, deadline - time.time()))
-    undelivered.update({n: max(0, journal.last_seq - journal.position(n)) for n in missing})
     journal.close()
     if orphaned and read_run_file(run_dir).get("pid") == owner:  # nobody else will close the run
         update_run_file(run_dir, status="killed", finished=time.time(), undelivered=undelivered)
     error = f"{type(dispatcher.error).__name__}: {dispatcher.error}" if dispatcher.error is not None else None
+    _send(channel, {"undelivered": undelivered, "error": error})
     try:
-        with _stdout_lock:
-            channel.write(json.dumps({"undelivered": undelivered, "error": error}) + "\n")
-            channel.flush()
-            channel.close()
-    except (BrokenPipeError, OSError):
+        channel.close()
+    except OSError:
         pass
     if lock is not None:
         lock.close()
