@@ -249,9 +249,9 @@ def test_media_artifact_and_alert_hooks(tmp_path: Path) -> None:
     backend.tracker_log_artifact(ArtifactEvent(ckpt, "model", "ckpt step 5", 5, now, "sha256:abc", "at step 5"))
     backend.tracker_log_artifact(ArtifactEvent(tmp_path / "gone", "model", "gone", 5, now, "x"))  # skipped
     backend.tracker_alert(AlertEvent("Loss spike", "loss 12 at step 6", "warn", 6, now))
-    backend.tracker_finish("success")
-    backend.tracker_finish("success")  # harmless
-    WandbBackend().tracker_finish("failed")  # never started: harmless
+    backend.tracker_finish("success", True)
+    backend.tracker_finish("success", True)  # harmless
+    WandbBackend().tracker_finish("failed", True)  # never started: harmless
 
     (wb,) = _finished_runs(tmp_path)
     files = wb.run_files[0].parent / "files"
@@ -305,7 +305,7 @@ def test_retried_batch_is_not_sent_twice_and_hook_cost(tmp_path: Path) -> None:
     started = time.perf_counter()
     backend.tracker_log_metrics(rows)
     per_step = (time.perf_counter() - started) / n
-    backend.tracker_finish("success")
+    backend.tracker_finish("success", True)
     print(f"\ntracker_log_metrics: {per_step * 1e6:.0f} us per step (2 scalars, offline)")
 
     (wb,) = _finished_runs(tmp_path)

@@ -428,3 +428,30 @@ def test_several_runs_need_read_all(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="several runs"):
         read_offline_run(tmp_path)
     assert sorted(r.run_id for r in read_all_offline_runs(tmp_path)) == ["r1", "r2"]
+
+
+def test_a_file_a_killed_process_left_empty_is_not_a_run(full_run: FullRun, tmp_path: Path) -> None:
+    """W&B writes whole 32 KiB blocks: a process killed before the first one
+    leaves a file with no run record, next to the run's real segments."""
+    (segment,) = full_run.run.run_files
+    real = tmp_path / "wandb" / segment.parent.name / segment.name
+    ghost = tmp_path / "wandb" / (segment.parent.name + "-1") / segment.name
+    for path, data in ((real, segment.read_bytes()), (ghost, segment.read_bytes()[:7])):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(data)
+    (run,) = read_all_offline_runs(tmp_path)
+    assert run.run_id == "abc12345" and run.run_files == [real]
+    assert read_offline_run(ghost).run_id == ""  # read on its own, it is still readable
+
+
+def test_the_backend_reads_back_what_this_reader_reads(full_run: FullRun) -> None:
+    """The W&B backend has its own reader (it may not import tests/); both agree."""
+    from foundry_track_wandb._readback import scan
+
+    (segment,) = full_run.run.run_files
+    held, end = scan(segment, 0)
+    assert end == segment.stat().st_size  # a finished run: every record is complete
+    steps = [row["trainer/step"] for row in full_run.run.history if "loss" in row]
+    assert [h.key[0] for h in held if h.kind == "history"][:len(steps)] == steps
+    assert [h.key for h in held if h.kind == "alert"] == [("T", "hello", "WARN")]
+    assert [h.key[0] for h in held if h.kind == "artifact"] == ["myart"]

@@ -24,25 +24,59 @@ GitHub):
   resumed run or a ``foundry-track sync`` continues the same W&B run. Runs are
   created with ``reinit="create_new"`` and used only through their own object,
   so several runs in one process do not share W&B's global run.
+- **Exactly once after a crash.** W&B's service writes the ``.wandb`` file in
+  whole 32 KiB blocks and, when the training process is killed, quits without
+  writing its last, partial block (wandb 0.31: ``exitWhenParentIsGone``), so a
+  row W&B had received can still be lost. :meth:`WandbBackend.tracker_flush`
+  therefore reads back the blocks W&B completed and writes every event they do
+  not hold yet to ``foundry-track-unsaved-{0,1}.json`` next to the ``.wandb``
+  file (fsynced) before the journal's position moves. After a crash
+  (``sync``, resume), :mod:`._ledger` reads what the run's files hold past the
+  checkpoint, resends the unsaved events they lack and recognises every event
+  offered again that they hold: a row by its ``trainer/step`` and
+  ``_timestamp`` (the journal's time of the row; a W&B row that merges several
+  journal rows of one step says how many in the hidden metric
+  ``_foundry_track/rows``), an image, histogram, table or text by its key,
+  step and time, an alert by its title, text and level, an artifact by its
+  name, step and digest. Params are config updates: resending them is
+  harmless. Online, the server is what counts, and it is known only by its
+  number of rows (the resumed run's ``starting_step``): the rows it holds past
+  the checkpoint are recognised as far as the local file shows them; rows it
+  got from W&B's last, unwritten block are sent again (at most one block);
+  rows W&B wrote locally before the checkpoint but never uploaded are reported,
+  not resent (``wandb sync`` of the crashed run's folder would double the rest).
 """
 
 from __future__ import annotations
 
-import configparser
 import importlib.util
 import logging
 import math
-import netrc
-import os
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Final, Literal, Mapping, Sequence
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Callable, Final, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 import foundry_track
+from foundry_track_wandb._ledger import Entry, Key, Ledger, Recovery, Skipper, recover, server_holds
+from foundry_track_wandb._options import _FALLBACK_BASE_URL as _FALLBACK_BASE_URL
+from foundry_track_wandb._options import _LEGACY_MODES as _LEGACY_MODES
+from foundry_track_wandb._options import (
+    Mode,
+    WandbCredentialsError,
+    WandbOptions,
+    _env,
+    _hosts,
+    _init_timeout,
+    has_credentials,
+    resolve_base_url,
+    resolve_mode,
+)
+from foundry_track_wandb._options import _netrc_path as _netrc_path
+from foundry_track_wandb._options import _settings_file_value as _settings_file_value
+from foundry_track_wandb._readback import ROWS_KEY, STEP_METRIC
 
 if TYPE_CHECKING:
     from foundry_track.events import (
@@ -59,195 +93,18 @@ if TYPE_CHECKING:
         TextEvent,
     )
 
-__all__ = ["WandbBackend", "WandbOptions", "WandbCredentialsError", "STEP_METRIC", "EXIT_CODES"]
+__all__ = ["WandbBackend", "WandbOptions", "WandbCredentialsError", "STEP_METRIC", "EXIT_CODES", "INSTALL",
+           "has_credentials", "resolve_base_url", "resolve_mode"]
 
 _log = logging.getLogger("foundry_track.wandb")
 INSTALL: Final = "pip install 'foundry-track[wandb]'"
-#: The metric every other metric is plotted against (W&B's x-axis).
-STEP_METRIC: Final = "trainer/step"
 #: ``run.finish(exit_code=...)`` per foundry-track status; 255 is how W&B shows a killed run.
 EXIT_CODES: Final[Mapping[str, int]] = {"success": 0, "failed": 1, "killed": 255}
-_LEGACY_MODES: Final = {"dryrun": "offline", "run": "online"}
-_FALLBACK_BASE_URL: Final = "https://api.wandb.ai"
 _MAX_HIST_BINS: Final = 512  # wandb.Histogram refuses more
 _MAX_TAG: Final = 64  # W&B refuses longer tags (wandb.init fails) and alert titles
 _ALERT_LEVELS: Final = {"info": "INFO", "warn": "WARN", "error": "ERROR"}
-
-Mode = Literal["online", "offline", "disabled"]
-
-
-class WandbCredentialsError(RuntimeError):
-    """Online mode was asked for but no W&B credentials are configured."""
-
-
-class WandbOptions(BaseModel):
-    """Options under ``tracking.backends.wandb``.
-
-    Precedence, highest first: the ``WANDB_*`` environment variable named in a
-    field's description, then the YAML option, then the ``tracking:`` block
-    (project, entity), then W&B's own default. ``WANDB_API_KEY``,
-    ``WANDB_SILENT``, ``WANDB_DISABLE_CODE`` and ``WANDB_DISABLE_GIT`` are read
-    by the W&B SDK itself and have no option here.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    project: str | None = Field(
-        None,
-        description="W&B project. Default: `tracking.project`. `WANDB_PROJECT`, when set, overrides both "
-        "(as the Model Foundry W&B guide says).",
-        examples=["spanish-subject-drop"],
-    )
-    entity: str | None = Field(
-        None,
-        description="W&B team or user. Default: `tracking.entity`, else your W&B default entity. "
-        "`WANDB_ENTITY`, when set, overrides both.",
-        examples=["my-team"],
-    )
-    mode: Mode | None = Field(
-        None,
-        description="`online` (needs an API key: `WANDB_API_KEY` or `wandb login`), `offline` (write "
-        "`wandb/offline-run-*` to upload later with `wandb sync`) or `disabled` (no W&B files at all). "
-        "`WANDB_MODE`, when set, overrides it. Default: online.",
-        examples=["offline"],
-    )
-    dir: Path | None = Field(
-        None,
-        description="Folder under which W&B writes its `wandb/` folder. `WANDB_DIR`, when set, overrides it. "
-        "Default: the foundry-track run directory, so W&B's files live next to the journal.",
-        examples=["/scratch/wandb"],
-    )
-    base_url: str | None = Field(
-        None,
-        description="URL of a self-hosted W&B server. `WANDB_BASE_URL`, when set, overrides it. "
-        "Default: the host of `wandb login --host`, else W&B's cloud.",
-        examples=["https://wandb.example.com"],
-    )
-    job_type: str | None = Field(
-        None,
-        description="W&B job type (groups runs in the UI, e.g. train / eval). `WANDB_JOB_TYPE` overrides it.",
-        examples=["train"],
-    )
-    init_timeout: float = Field(
-        30.0,
-        gt=0,
-        description="Seconds `wandb.init` may take (W&B's own default is 90) before the run gives up on W&B "
-        "and switches to the fallback backend. Keep it below `tracking.start_timeout`. "
-        "`WANDB_INIT_TIMEOUT` overrides it.",
-        examples=[30.0],
-    )
-    finish_timeout: float = Field(
-        30.0,
-        ge=0,
-        description="Seconds `finish()` waits for W&B to upload what is left (0 = wait until done). "
-        "Nothing is lost on timeout: the run's `.wandb` file stays in `dir` for `wandb sync`.",
-        examples=[30.0],
-    )
-
-
-# --------------------------------------------------------------------------- #
-# Resolving the environment (pure functions: no wandb import, easy to test)
-# --------------------------------------------------------------------------- #
-
-
-def _env(name: str) -> str | None:
-    """An environment variable, with empty meaning unset (as W&B treats it)."""
-    value = os.environ.get(name, "").strip()
-    return value or None
-
-
-def resolve_mode(options: WandbOptions) -> tuple[Mode, str]:
-    """The W&B mode and where it came from: ``WANDB_MODE``, the option, or the default."""
-    env = _env("WANDB_MODE")
-    if env is not None:
-        mode = _LEGACY_MODES.get(env.lower(), env.lower())
-        if mode not in ("online", "offline", "disabled"):
-            raise ValueError(
-                f"WANDB_MODE={env!r} is not a W&B mode this backend supports; "
-                "set it to online, offline or disabled (or unset it)"
-            )
-        return mode, "WANDB_MODE"  # type: ignore[return-value]
-    if options.mode is not None:
-        return options.mode, "tracking.backends.wandb.mode"
-    return "online", "the default"
-
-
-def _settings_file_value(key: str) -> str | None:
-    """A value from W&B's system settings file (written by ``wandb login --host``)."""
-    config_dir = _env("WANDB_CONFIG_DIR")
-    path = Path(config_dir).expanduser() if config_dir else Path("~/.config/wandb").expanduser()
-    parser = configparser.ConfigParser()
-    try:
-        parser.read(path / "settings")
-    except configparser.Error:
-        return None
-    return parser.get("default", key, fallback=None) or None
-
-
-def resolve_base_url(options: WandbOptions) -> str:
-    """The server W&B will talk to: env, option, ``wandb login --host``, W&B's default."""
-    found = _env("WANDB_BASE_URL") or options.base_url or _settings_file_value("base_url")
-    if found:
-        return found.rstrip("/")
-    try:
-        from wandb.sdk.lib import urls
-
-        return str(urls.DEFAULT_BASE_URL)
-    except (ImportError, AttributeError):  # older SDKs: the classic cloud host
-        return _FALLBACK_BASE_URL
-
-
-def _init_timeout(options: WandbOptions) -> float:
-    env = _env("WANDB_INIT_TIMEOUT")
-    if env is None:
-        return options.init_timeout
-    try:
-        return float(env)
-    except ValueError:
-        raise ValueError(f"WANDB_INIT_TIMEOUT={env!r} is not a number of seconds; set it to e.g. 30 or unset it") from None
-
-
-def _netrc_path() -> Path | None:
-    if _env("NETRC"):
-        return Path(os.environ["NETRC"]).expanduser()
-    for name in ("~/.netrc", "~/_netrc"):
-        path = Path(name).expanduser()
-        if path.exists():
-            return path
-    return None
-
-
-def _hosts(base_url: str) -> list[str]:
-    """Netrc machine names W&B accepts for ``base_url`` (a CoreWeave Forge URL also
-    accepts the W&B API host behind it, e.g. ``api.wandb.ai``)."""
-    urls = [base_url]
-    try:
-        from wandb.sdk.lib import urls as wandb_urls
-
-        urls.append(wandb_urls.forge_upstream_url(base_url))
-    except (ImportError, AttributeError):
-        pass
-    return list(dict.fromkeys(urlsplit(u).netloc for u in urls if urlsplit(u).netloc))
-
-
-def has_credentials(base_url: str) -> bool:
-    """Whether W&B would find credentials for ``base_url`` without prompting.
-
-    The sources ``wandb.init`` reads, in its order: ``WANDB_API_KEY``,
-    ``WANDB_IDENTITY_TOKEN_FILE``, the netrc file (``NETRC``, ``~/.netrc``,
-    ``~/_netrc``) for the server's host, and ``api_key`` in W&B's settings file.
-    """
-    if _env("WANDB_API_KEY") or _env("WANDB_IDENTITY_TOKEN_FILE") or _settings_file_value("api_key"):
-        return True
-    path = _netrc_path()
-    if path is None:
-        return False
-    try:
-        entries = netrc.netrc(str(path))
-    except (OSError, netrc.NetrcParseError):
-        return False
-    return any((auth := entries.authenticators(host)) is not None and auth[2] for host in _hosts(base_url))
-
+_HOOKS: Final = {"image": "tracker_log_image", "histogram": "tracker_log_histogram", "table": "tracker_log_table",
+                 "text": "tracker_log_text", "artifact": "tracker_log_artifact", "alert": "tracker_alert"}
 
 def _tags(tags: Sequence[str]) -> list[str]:
     """Tags W&B accepts (1 to 64 characters): a longer tag would fail ``wandb.init``."""
@@ -277,11 +134,16 @@ class WandbBackend:
     def __init__(self) -> None:
         self._wandb: Any = None  # the module, imported in tracker_start
         self._run: Any = None  # the wandb Run; None before start, when disabled and after finish
+        self._online = False
         self._max_step = -1
         self._conflicts = 0
-        # (rows, n): the first n steps of `rows` reached W&B before a hook raised,
-        # so a retry of the same batch does not send them twice.
-        self._partial: tuple[Sequence[MetricRow], int] | None = None
+        self._ledger: Ledger | None = None  # what W&B's file does not hold yet
+        self._skipper: Skipper | None = None  # what a crashed run's files hold past its checkpoint
+        self._skip_rows = 0  # journal rows merged into a W&B row already held, still to pass
+        self._rows_base = 0  # W&B rows of the run before this segment (online: the server's count)
+        # Rows sent by a call that then raised: the dispatcher offers them again
+        # (the same batch, or its halves), and they must not be sent twice.
+        self._sent_before_error: set[tuple[int, float]] = set()
         self._skipped: set[str] = set()
 
     # -- discovery --------------------------------------------------------- #
@@ -324,6 +186,21 @@ class WandbBackend:
         import wandb
 
         self._wandb = wandb
+        # What the run already holds, read before wandb.init opens a new file for it.
+        recovery = recover(resume_state, run_id)
+        self._run = self._init(run, options, mode, run_id)
+        self._online = mode == "online"
+        self._ledger = Ledger(Path(self._run.settings.sync_file))
+        self._rows_base = int(self._run.starting_step or 0)
+        if recovery is not None:
+            self._recover(recovery)
+        identity = {"run_id": str(self._run.id), "mode": mode, "dir": str(self._run.settings.sync_dir)}
+        if mode == "online" and self._run.url:
+            identity["url"] = str(self._run.url)
+        return identity
+
+    def _init(self, run: RunInfo, options: WandbOptions, mode: Mode, run_id: str) -> Any:
+        wandb = self._wandb
         settings: dict[str, Any] = {
             "init_timeout": _init_timeout(options),
             "finish_timeout": options.finish_timeout,
@@ -333,7 +210,7 @@ class WandbBackend:
         root = Path(_first(_env("WANDB_DIR"), options.dir, run.dir)).expanduser()
         root.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        self._run = wandb.init(
+        wb_run = wandb.init(
             project=_first(_env("WANDB_PROJECT"), options.project, run.project),
             entity=_first(_env("WANDB_ENTITY"), options.entity, run.entity),
             name=run.name,
@@ -350,12 +227,35 @@ class WandbBackend:
             settings=wandb.Settings(**settings),
         )
         _log.debug("wandb.init (%s) took %.2f s", mode, time.perf_counter() - started)
-        self._run.define_metric(STEP_METRIC)
-        self._run.define_metric("*", step_metric=STEP_METRIC)
-        identity = {"run_id": str(self._run.id), "mode": mode, "dir": str(self._run.settings.sync_dir)}
-        if mode == "online" and self._run.url:
-            identity["url"] = str(self._run.url)
-        return identity
+        wb_run.define_metric(STEP_METRIC)
+        wb_run.define_metric("*", step_metric=STEP_METRIC)
+        wb_run.define_metric(ROWS_KEY, hidden=True)
+        return wb_run
+
+    def _recover(self, recovery: Recovery) -> None:
+        """After a crash: resend the events unsaved at the last checkpoint that the
+        run's files lack; the rest of what they hold is recognised when offered again."""
+        held = recovery.held
+        if self._online and recovery.rows is not None:
+            # The server, not the local file, is what an online run holds.
+            count = self._rows_base - recovery.rows
+            if count < 0:
+                _log.warning("W&B run %s: the server holds %d rows fewer than W&B had written locally before the "
+                             "crash; those rows stay only in the crashed run's .wandb file", self._run.id, -count)
+            held = server_holds(held, max(count, 0))
+        self._skipper = Skipper(held)
+        resend = [e for e in recovery.unsaved if e.key is None or self._skipper.take(e.key, e.rows) is None]
+        for entry in resend:
+            if entry.kind == "rows":
+                self._send_rows(entry.payload)
+            elif entry.kind == "params":
+                self.tracker_log_params(entry.payload)
+            else:
+                getattr(self, _HOOKS[entry.kind])(entry.payload)
+        _log.info("W&B run %s: its files hold %d events past the last checkpoint; %d of the %d events W&B had "
+                  "not written then are sent again", self._run.id, len(held), len(resend), len(recovery.unsaved))
+        if not self._skipper:
+            self._skipper = None
 
     # -- log --------------------------------------------------------------- #
 
@@ -363,25 +263,70 @@ class WandbBackend:
     def tracker_log_metrics(self, rows: Sequence[MetricRow]) -> None:
         if self._run is None:
             return
-        done = self._partial[1] if self._partial is not None and self._partial[0] is rows else 0
-        i, n, sent = 0, len(rows), 0
-        while i < n:
-            # Rows of one step become one W&B history row; the step travels as a
-            # metric (never `step=`), so W&B keeps it whatever its order.
-            step, wall = rows[i].step, rows[i].time
-            data: dict[str, Any] = {}
-            while i < n and rows[i].step == step:
-                data.update(rows[i].values)
-                i += 1
-            sent += 1
-            if sent <= done:
-                continue  # delivered before this batch was offered again
-            self._check_order(step)
-            data[STEP_METRIC] = step
-            data["_timestamp"] = wall  # when it was logged, also for events replayed by `sync`
-            self._partial = (rows, sent - 1)
-            self._run.log(data)
-        self._partial = None
+        sent: list[tuple[int, float]] = []
+        try:
+            i, n = 0, len(rows)
+            while i < n:
+                if self._held_row(rows[i]):
+                    i += 1
+                    continue
+                # Rows of one step become one W&B row; the step travels as a
+                # metric (never `step=`), so W&B keeps it whatever its order.
+                j = i + 1
+                while j < n and rows[j].step == rows[i].step:
+                    j += 1
+                self._send_rows(rows[i:j])
+                sent.extend((row.step, row.time) for row in rows[i:j])
+                i = j
+        except BaseException:
+            self._sent_before_error.update(sent)
+            raise
+
+    def _held_row(self, row: MetricRow) -> bool:
+        """Whether W&B holds ``row`` already: the crashed run's files do, or a call
+        that raised sent it."""
+        if self._skip_rows:
+            self._skip_rows -= 1  # merged into the held W&B row just passed
+            return True
+        if (row.step, row.time) in self._sent_before_error:
+            return True
+        if self._skipper is None:
+            return False
+        merged = self._skipper.take(("history", (row.step, row.time, None)), None)
+        if not self._skipper:
+            self._skipper = None
+        if merged is None:
+            return False
+        self._skip_rows = merged - 1
+        return True
+
+    def _send_rows(self, rows: Sequence[MetricRow]) -> None:
+        first = rows[0]
+        data: dict[str, Any] = {}
+        for row in rows:
+            data.update(row.values)
+        self._check_order(first.step)
+        data[STEP_METRIC] = first.step
+        # The journal's time of the row, also for events replayed by `sync`: with
+        # the step, the key a replay recognises the row by.
+        data["_timestamp"] = first.time
+        if len(rows) > 1:
+            data[ROWS_KEY] = len(rows)
+        self._run.log(data)
+        self._add(Entry("rows", list(rows), ("history", (first.step, first.time, None)), len(rows)))
+
+    def _add(self, entry: Entry) -> None:
+        if self._ledger is not None:
+            self._ledger.add(entry)
+
+    def _already_held(self, key: Key) -> bool:
+        """Whether the crashed run's files hold the event with ``key`` (taken off once)."""
+        if self._skipper is None:
+            return False
+        found = self._skipper.take(key) is not None
+        if not self._skipper:
+            self._skipper = None
+        return found
 
     def _check_order(self, step: int) -> None:
         if step < self._max_step:
@@ -400,84 +345,107 @@ class WandbBackend:
         if self._run is None:
             return
         self._run.config.update(dict(params), allow_val_change=True)
+        self._add(Entry("params", dict(params), None))  # config updates are idempotent: resent, not recognised
 
-    def _log_media(self, key: str, step: int, make: Any, kind: str) -> None:
-        """Build a W&B media object and log it at ``step``; skip what W&B refuses."""
-        if self._run is None:
+    def _log_media(self, event: ImageEvent | HistogramEvent | TableEvent | TextEvent, make: Any, kind: str) -> None:
+        """Build a W&B media object and log it at the event's step; skip what W&B refuses."""
+        key: Key = ("history", (event.step, event.time, event.key))
+        if self._run is None or self._already_held(key):
             return
         try:
             value = make()
         except (ValueError, TypeError, OSError) as exc:
             if kind not in self._skipped:
                 self._skipped.add(kind)
-                _log.warning("W&B cannot show %s %r (%s); skipping it. Reported once per kind.", kind, key, exc)
+                _log.warning("W&B cannot show %s %r (%s); skipping it. Reported once per kind.", kind, event.key, exc)
             return
-        self._run.log({key: value, STEP_METRIC: step})
+        self._run.log({event.key: value, STEP_METRIC: event.step, "_timestamp": event.time})
+        self._add(Entry(kind, event, key))
 
     @foundry_track.hookimpl
     def tracker_log_image(self, image: ImageEvent) -> None:
         wandb = self._wandb
-        self._log_media(image.key, image.step, lambda: wandb.Image(str(image.path), caption=image.caption), "image")
+        self._log_media(image, lambda: wandb.Image(str(image.path), caption=image.caption), "image")
 
     @foundry_track.hookimpl
     def tracker_log_histogram(self, histogram: HistogramEvent) -> None:
         wandb = self._wandb
         counts, edges = _rebin(list(histogram.counts), list(histogram.edges), _MAX_HIST_BINS)
-        self._log_media(histogram.key, histogram.step, lambda: wandb.Histogram(np_histogram=(counts, edges)),
-                        "histogram")
+        self._log_media(histogram, lambda: wandb.Histogram(np_histogram=(counts, edges)), "histogram")
 
     @foundry_track.hookimpl
     def tracker_log_table(self, table: TableEvent) -> None:
         wandb = self._wandb
-        self._log_media(
-            table.key, table.step,
-            lambda: wandb.Table(columns=list(table.columns), data=[list(row) for row in table.rows]), "table",
-        )
+        self._log_media(table, lambda: wandb.Table(columns=list(table.columns), data=[list(row) for row in table.rows]),
+                        "table")
 
     @foundry_track.hookimpl
     def tracker_log_text(self, text: TextEvent) -> None:
         # A one-row table: W&B renders a string cell as text (markdown too) with a
         # step slider across the key's versions, where wandb.Html would show raw HTML.
         wandb = self._wandb
-        self._log_media(text.key, text.step,
-                        lambda: wandb.Table(columns=["step", "text"], data=[[text.step, text.text]]), "text")
+        self._log_media(text, lambda: wandb.Table(columns=["step", "text"], data=[[text.step, text.text]]), "text")
 
     @foundry_track.hookimpl
     def tracker_log_artifact(self, artifact: ArtifactEvent) -> None:
-        if self._run is None:
+        name = _name(artifact.name)
+        key: Key = ("artifact", (name, artifact.step, artifact.digest))
+        if self._run is None or self._already_held(key):
             return
         path = Path(artifact.path)
         if not path.exists():
             _log.warning("W&B artifact %r: %s does not exist any more; skipping it", artifact.name, path)
             return
         metadata = {**dict(artifact.metadata), "foundry_track_digest": artifact.digest, "step": artifact.step}
-        art = self._wandb.Artifact(_name(artifact.name), type=_name(artifact.type),
-                                   description=artifact.description, metadata=metadata)
+        art = self._wandb.Artifact(name, type=_name(artifact.type), description=artifact.description,
+                                   metadata=metadata)
         # W&B stores files by content hash, so an unchanged artifact makes no new version.
         if path.is_dir():
             art.add_dir(str(path))
         else:
             art.add_file(str(path))
         self._run.log_artifact(art)
+        self._add(Entry("artifact", artifact, key))
 
     @foundry_track.hookimpl
     def tracker_alert(self, alert: AlertEvent) -> None:
         # Offline runs record alerts in the .wandb file too; `wandb sync` sends them.
-        if self._run is None:
+        level = _ALERT_LEVELS.get(alert.level, "INFO")
+        key: Key = ("alert", (alert.title[:_MAX_TAG], alert.text, level))
+        if self._run is None or self._already_held(key):
             return
-        level = getattr(self._wandb.AlertLevel, _ALERT_LEVELS.get(alert.level, "INFO"))
-        self._run.alert(title=alert.title[:_MAX_TAG], text=alert.text, level=level)
+        self._run.alert(title=alert.title[:_MAX_TAG], text=alert.text, level=getattr(self._wandb.AlertLevel, level))
+        self._add(Entry("alert", alert, key))
 
-    # -- finish ------------------------------------------------------------ #
+    # -- flush and finish -------------------------------------------------- #
 
     @foundry_track.hookimpl
-    def tracker_finish(self, status: Status) -> None:
+    def tracker_flush(self) -> dict[str, str] | None:
+        # W&B's service writes its file in whole 32 KiB blocks, and the last one
+        # is lost with a killed process: the events its complete blocks do not
+        # hold go to a file of ours first (_ledger), then the position may move.
+        ledger = self._ledger
+        if self._run is None or ledger is None:
+            return None
+        ledger.sync()
+        held = self._skipper.remaining() if self._skipper is not None else []
+        checkpoint = {"wandb_file": str(ledger.file), "wandb_offset": str(ledger.offset),
+                      "wandb_unsaved": ledger.save(held)}
+        if self._online:
+            checkpoint["wandb_rows"] = str(self._rows_base + ledger.history)
+        return checkpoint
+
+    @foundry_track.hookimpl
+    def tracker_finish(self, status: Status, complete: bool) -> None:
         run, self._run = self._run, None  # a second call, or one without start, does nothing
         if run is None:
             return
         if self._conflicts:
             _log.info("W&B run %s: %d steps arrived after a higher step; all were kept", run.id, self._conflicts)
-        run.finish(exit_code=EXIT_CODES.get(status, 1))
+        code = EXIT_CODES.get(status, 1)
+        # A run with a gap (events the backend gave up on, or finish's deadline
+        # came first) must not read as finished successfully; sync finishes it again.
+        run.finish(exit_code=code if complete or code else 1)
 
 
 def _rebin(counts: list[float], edges: list[float], limit: int) -> tuple[list[float], list[float]]:

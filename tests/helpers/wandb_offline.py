@@ -410,6 +410,10 @@ def _merge(segments: list[OfflineRun]) -> OfflineRun:
 
 def _read_grouped(root: Path) -> dict[str, list[OfflineRun]]:
     decoded = [_decode_segment(p) for p in find_run_files(root)]
+    if any(seg.run_id for seg, _ in decoded):
+        # A file without a run record holds nothing: its process was killed before
+        # W&B wrote its first block (W&B writes the log in whole 32 KiB blocks).
+        decoded = [(seg, start) for seg, start in decoded if seg.run_id]
     decoded.sort(key=lambda seg: (seg[1], str(seg[0].run_files[0])))
     groups: dict[str, list[OfflineRun]] = {}
     for seg, _ in decoded:
