@@ -8,21 +8,15 @@ recovery of a torn tail, and queries for the CLI. ``synchronous=NORMAL``: a
 commit is safe against a process crash, not against power loss — the trade a
 training job wants, since an fsync per commit would cost milliseconds.
 
-The training thread never touches SQLite: :meth:`Journal.append` is a
-``deque.append`` (atomic under the GIL). One writer thread commits whatever has
-accumulated every ``flush_interval`` seconds; a process killed with SIGKILL
-loses at most the events of one interval. Committed records are also kept in a
-small in-memory tail so backends that keep up never read the disk; a backend
-that falls behind reads from the file, so memory stays bounded.
+SQLite's rollback journal replaces WAL where WAL does not work: on a network
+file system (:mod:`foundry_track.journal_mode`).
 
-The one unbounded thing is the queue of events not yet committed. A loop that
-logs faster than the writer commits (~100k events/s; no real training step is
-that short) would grow it without limit, so the writer reports a backlog of
-more than ``_BACKLOG_SCALARS`` values through ``on_backlog`` and the run makes
-its log calls wait until the queue is short again. Inserts go as multi-row
-statements: the sqlite3 module releases the GIL around every statement, and a
-writer that must win the GIL back from a busy training thread once per row
-would commit a few hundred rows a second.
+The producer side, the queue ``run.log`` appends to and the writer thread that
+commits it (and what happens when the disk is full), is
+:class:`~foundry_track.journal_writer.JournalWriter`, the Journal's base class.
+Committed records are also kept in a small in-memory tail so backends that
+keep up never read the disk; a backend that falls behind reads from the file,
+so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -35,18 +29,23 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Final, Iterator, Mapping, NamedTuple
+from typing import Any, Final, Iterable, Iterator, Mapping
+
+from foundry_track.journal_mode import JournalMode, choose_journal_mode
+from foundry_track.journal_writer import JournalWriter, Record
 
 __all__ = ["Journal", "Record", "JOURNAL_FILE"]
 
 _log = logging.getLogger("foundry_track")
 JOURNAL_FILE: Final = "journal.db"
-_BUSY_QUEUE: Final = 2000  # queued events above which the writer commits at once
-_POLL: Final = 0.01  # how often the writer looks at the queue between commits
-_BATCH_EVENTS: Final = 4096  # most events one commit takes, so a backlog is not copied whole
-_BACKLOG_SCALARS: Final = 100_000  # ~10 MB of queued values: log calls wait above this
-_STEP_LIMIT: Final = 2**63  # SQLite's INTEGER
 _TAIL_RECORDS: Final = 4096  # ~ a few MB of recent events kept for fast readers
+_SET_POSITION: Final = (
+    "INSERT INTO positions (backend, seq, updated, batches, retries, busy_s, checkpoint) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(backend) DO UPDATE SET seq = excluded.seq, updated = excluded.updated, "
+    "batches = batches + excluded.batches, retries = retries + excluded.retries, "
+    "busy_s = busy_s + excluded.busy_s, checkpoint = COALESCE(excluded.checkpoint, checkpoint)"
+)
+_mode_logged: set[Path] = set()
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS events (
     seq  INTEGER PRIMARY KEY,
@@ -67,59 +66,23 @@ CREATE TABLE IF NOT EXISTS positions (
     busy_s     REAL NOT NULL DEFAULT 0,
     checkpoint TEXT
 );
+CREATE TABLE IF NOT EXISTS set_aside (
+    backend TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    error   TEXT,
+    time    REAL NOT NULL,
+    PRIMARY KEY (backend, seq)
+);
 """
 
 
-class Record(NamedTuple):
-    seq: int
-    kind: str
-    step: int
-    time: float
-    data: Any
-
-
-def _number(value: Any) -> float | int:
-    """Turn what ``Run.log`` accepted into a plain number, off the training thread.
-
-    This is where a CUDA tensor handed to ``run.log`` is synchronised, on the
-    journal's thread rather than the training step.
-    """
-    if type(value) in (float, int):
-        return value  # type: ignore[no-any-return]
-    item = getattr(value, "item", None)
-    if item is not None:
-        value = item()
-    if isinstance(value, bool):
-        return int(value)
-    return value if isinstance(value, int) else float(value)
-
-
-_STRICT_JSON: Final = json.JSONEncoder(separators=(",", ":"))
-_LENIENT_JSON: Final = json.JSONEncoder(separators=(",", ":"), default=str)
-
-
-def _encode(kind: str, data: Any) -> tuple[Any, str]:
-    if kind == "metrics":
-        try:
-            # Run.log already turned everything but GPU tensors into numbers.
-            return data, _STRICT_JSON.encode(data)
-        except TypeError:
-            data = {k: _number(v) for k, v in data.items()}
-            return data, _STRICT_JSON.encode(data)
-    return data, _LENIENT_JSON.encode(data)
-
-
-
-
-def _insert_sql(rows: int) -> str:
-    return "INSERT INTO events VALUES " + ",".join(["(?,?,?,?,?)"] * rows)
-
-
-def _rows_per_statement(con: sqlite3.Connection) -> int:
-    # 32,766 parameters since SQLite 3.32, 999 before; getlimit is Python 3.11+.
-    getlimit = getattr(con, "getlimit", None)
-    limit = getlimit(getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", 9)) if getlimit else 999
-    return max(1, min(_BATCH_EVENTS, limit // 5))
+def _log_mode_once(path: Path, mode: str, why: str) -> None:
+    """One line per run directory and process (the delivery process and sync open the journal too)."""
+    if path not in _mode_logged:
+        _mode_logged.add(path)
+        _log.info("foundry-track: %s: the journal uses SQLite's journal_mode=%s (%s)%s", path, mode.upper(), why,
+                  "; WAL needs memory shared by its readers, which hosts do not share. One host may write a "
+                  "run directory at a time" if mode == "delete" else "")
 
 
 def _decode_json(text: str) -> Any:
@@ -127,7 +90,7 @@ def _decode_json(text: str) -> Any:
     return json.loads(text, parse_constant=lambda c: {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[c])
 
 
-class Journal:
+class Journal(JournalWriter):
     """One run's event log. Safe to use from many threads.
 
     ``append`` may be called from any thread; ``read_after``, ``position`` and
@@ -138,26 +101,19 @@ class Journal:
         self.path = Path(path)
         self.flush_interval = flush_interval
         self.readonly = readonly
-        self._pending: deque[tuple[str, int, float, Any]] = deque()
-        # append((kind, step, time, data)): what append() does, without the
-        # cost of a Python call, for the training loop's hot path.
-        self.append_event: Callable[[tuple[str, int, float, Any]], None] = self._pending.append
         self._local = threading.local()
         self._committed = threading.Condition()
         self._tail: deque[Record] = deque(maxlen=_TAIL_RECORDS)
-        self._write_lock = threading.Lock()
-        self._write_con: sqlite3.Connection | None = None
-        self._rows_per_statement = 1
-        self._stop = threading.Event()
-        self._writer: threading.Thread | None = None
-        self.write_error: BaseException | None = None
-        # Set by the Run; both are called on the writer thread.
-        self.check_metrics: Callable[[int, dict[str, Any]], dict[str, Any]] | None = None
-        self.on_backlog: Callable[[bool], None] | None = None
-        self.backlogged = False
-        self._backlog_events = _BACKLOG_SCALARS // 10  # re-estimated from the values per event seen
+        self._init_writer()
+        # Position updates a full disk refused: saved with the next one, or at close.
+        self._unsaved_positions: dict[str, tuple[Any, ...]] = {}
+        self._unregistered: set[str] = set()
+        self.journal_mode: JournalMode = "wal"
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.journal_mode, why = choose_journal_mode(self.path.parent)
+            if why is not None:
+                _log_mode_once(self.path, self.journal_mode, why)
             with self._connect() as con:
                 con.executescript(_SCHEMA)
                 columns = {row[1] for row in con.execute("PRAGMA table_info(positions)")}
@@ -174,7 +130,7 @@ class Journal:
         else:
             con = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None,
                                   cached_statements=cached_statements)
-            con.execute("PRAGMA journal_mode=WAL")
+            con.execute(f"PRAGMA journal_mode={self.journal_mode}")
             con.execute("PRAGMA synchronous=NORMAL")
         return con
 
@@ -184,165 +140,11 @@ class Journal:
             con = self._local.con = self._connect()
         return con
 
-    # -- producer side ----------------------------------------------------- #
-
-    def append(self, kind: str, step: int, time_: float, data: Any) -> None:
-        """Queue one event; it is committed by the writer thread within one interval."""
-        self._pending.append((kind, step, time_, data))
-
-    def start(self) -> None:
-        """Start the writer thread that commits pending events every interval."""
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._write_loop, name="foundry-track-journal", daemon=True)
-            self._writer.start()
-
-    def _write_loop(self) -> None:
-        # Commit every interval; look at the queue every _POLL seconds in
-        # between, so a burst of log calls (tens of thousands in one interval)
-        # is committed, or held back by the backlog wait, before it piles up.
-        # While the queue is long, commit back to back.
-        last = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                failing = self.write_error is not None  # a full disk: retry once per interval, no faster
-                if failing or (len(self._pending) < _BUSY_QUEUE and not self.backlogged):
-                    self._stop.wait(min(_POLL, self.flush_interval))
-                    due = time.monotonic() - last >= self.flush_interval
-                    if not due and (failing or len(self._pending) < _BUSY_QUEUE):
-                        continue
-                self.flush()
-                last = time.monotonic()
-            self.flush()
-        except BaseException as exc:  # noqa: BLE001 - reported; log calls must not wait on a dead writer
-            self.write_error = exc
-            _log.exception("foundry-track: the journal's writer thread stopped; events stay in memory and "
-                           "are committed when the run finishes")
-        finally:
-            self._set_backlogged(False)
-
-    def _check_backlog(self) -> None:
-        queued = len(self._pending)
-        if self.write_error is not None:
-            # A full disk keeps events in memory rather than stalling training.
-            self._set_backlogged(False)
-        elif queued > self._backlog_events:
-            self._set_backlogged(True)
-        elif queued <= self._backlog_events // 4:
-            self._set_backlogged(False)
-
-    def _set_backlogged(self, value: bool) -> None:
-        if value != self.backlogged:
-            self.backlogged = value
-            if self.on_backlog is not None:
-                self.on_backlog(value)
-            if not value:
-                with self._committed:
-                    self._committed.notify_all()
-
-    def wait_backlog(self, timeout: float) -> None:
-        """Block the calling (training) thread while the writer reports a backlog."""
-        writer = self._writer
-        if writer is None or not writer.is_alive():
-            return
-        with self._committed:
-            self._committed.wait_for(lambda: not self.backlogged, timeout)
-
-    def flush(self) -> int:
-        """Commit everything appended so far; return the last committed seq."""
-        seq = self._commit_batch()
-        while self._pending and self.write_error is None:
-            seq = self._commit_batch()
-        self._check_backlog()
-        return seq
-
-    def _commit_batch(self) -> int:
-        self._check_backlog()  # first thing once this thread has the GIL back
-        with self._write_lock:
-            pending = self._pending
-            count = min(len(pending), _BATCH_EVENTS)
-            if count == 0:
-                return self._last_seq
-            # popleft is atomic, so producers may keep appending meanwhile.
-            batch = [pending.popleft() for _ in range(count)]
-            seq = self._last_seq
-            records: list[Record] = []
-            rows: list[Any] = []
-            check, scalars = self.check_metrics, 0
-            for kind, step, t, data in batch:
-                if not seq & 511:
-                    # Encoding a batch takes several GIL hand-offs with a busy
-                    # training thread: look at the queue meanwhile, not only between batches.
-                    self._check_backlog()
-                try:
-                    step, t = int(step), float(t)
-                    if not 0 <= step < _STEP_LIMIT:  # SQLite would raise OverflowError for the whole batch
-                        raise ValueError(f"step {step} is outside 0..2**63-1")
-                    if kind == "metrics":
-                        scalars += len(data)
-                        if check is not None:
-                            data = check(step, data)
-                    data, text = _encode(kind, data)
-                except Exception as exc:  # noqa: BLE001 - a bad value must not stop the journal
-                    data = {"error": f"could not encode {kind} event: {exc!r}"}
-                    kind, text = "dropped", json.dumps(data)
-                    step = step if type(step) is int and 0 <= step < _STEP_LIMIT else 0
-                    t = t if type(t) is float else time.time()
-                seq += 1
-                records.append(Record(seq, kind, step, t, data))
-                rows += (seq, kind, step, t, text)
-            self._backlog_events = max(1000, _BACKLOG_SCALARS * count // max(scalars, count))
-            try:
-                # One statement for the whole batch where SQLite allows that
-                # many parameters: the sqlite3 module releases the GIL around
-                # each statement it prepares or steps, and with a busy training
-                # thread each release costs up to a switch interval (5 ms) to
-                # win back. executemany would pay that once per row.
-                con = self._write_con
-                if con is None:
-                    # Its own connection, with no statement cache: batch sizes
-                    # vary, and a cache would keep up to 128 large statements.
-                    con = self._write_con = self._connect(cached_statements=0)
-                    self._rows_per_statement = _rows_per_statement(con)
-                per = self._rows_per_statement
-                if count <= per:
-                    con.execute(_insert_sql(count), rows)
-                else:
-                    con.execute("BEGIN")
-                    for start in range(0, count, per):
-                        n = min(per, count - start)
-                        con.execute(_insert_sql(n), rows[5 * start:5 * (start + n)])
-                    con.execute("COMMIT")
-            except sqlite3.Error as exc:
-                # Keep the events in memory and try again next interval: a full
-                # disk is transient, and losing metrics is not an option.
-                if self._write_con is not None and self._write_con.in_transaction:
-                    try:
-                        self._write_con.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                self.write_error = exc
-                pending.extendleft(reversed(batch))
-                return self._last_seq
-            self.write_error = None
-            with self._committed:
-                self._tail.extend(records)
-                self._last_seq = seq
-                self._committed.notify_all()
-            return seq
-
     def close(self) -> None:
         """Stop the writer after a final flush, and close this thread's connection."""
         if not self.readonly:
-            self._stop.set()
-            if self._writer is not None:
-                self._writer.join(timeout=30)
-                self._writer = None
-            if self._pending:  # no writer thread, or it died
-                self.flush()
-        with self._write_lock:
-            if self._write_con is not None:
-                self._write_con.close()
-                self._write_con = None
+            self._close_writer()
+            self._save_unsaved_positions()
         con = getattr(self._local, "con", None)
         if con is not None:
             con.close()
@@ -428,14 +230,39 @@ class Journal:
         backend's totals (the health that ``foundry-track show`` reports).
         """
         state = None if checkpoint is None else json.dumps({str(k): str(v) for k, v in checkpoint.items()})
-        self._conn().execute(
-            "INSERT INTO positions (backend, seq, updated, batches, retries, busy_s, checkpoint) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(backend) DO UPDATE SET seq = excluded.seq, updated = excluded.updated, "
-            "batches = batches + excluded.batches, retries = retries + excluded.retries, "
-            "busy_s = busy_s + excluded.busy_s, checkpoint = COALESCE(excluded.checkpoint, checkpoint)",
-            (backend, seq, time.time(), batches, retries, busy_s, state),
-        )
+        row: tuple[Any, ...] = (backend, seq, time.time(), batches, retries, busy_s, state)
+        unsaved = self._unsaved_positions.pop(backend, None)
+        if unsaved is not None:  # an earlier position that could not be saved: its totals are added
+            row = (*row[:3], *(a + b for a, b in zip(row[3:6], unsaved[3:6])),
+                   unsaved[6] if state is None else state)
+        try:
+            self._conn().execute(_SET_POSITION, row)
+            self._unregistered.discard(backend)
+        except sqlite3.OperationalError as exc:
+            if self.readonly:
+                raise
+            # A full disk: the backend holds the events, its position is saved
+            # with the next one (or at close). A crash meanwhile makes sync
+            # offer them again from the last saved position, which stays
+            # consistent with its saved checkpoint.
+            self._unsaved_positions[backend] = row
+            _log.debug("foundry-track: the position of backend %r could not be saved yet: %s", backend, exc)
+
+    def _save_unsaved_positions(self) -> None:
+        for backend in list(self._unregistered):
+            self._unregistered.discard(backend)
+            try:
+                self.register_backend(backend)
+            except sqlite3.Error:
+                pass
+        for backend, row in list(self._unsaved_positions.items()):
+            self._unsaved_positions.pop(backend, None)
+            try:
+                self._conn().execute(_SET_POSITION, row)
+            except sqlite3.Error as exc:
+                _log.warning("foundry-track: the position of backend %r (event %d) could not be saved in %s (%s); "
+                             "foundry-track sync will offer it the events after its last saved position again",
+                             backend, row[1], self.path, exc)
 
     def checkpoint(self, backend: str) -> dict[str, str]:
         """The checkpoint stored with ``backend``'s position (empty if none)."""
@@ -455,6 +282,56 @@ class Journal:
 
     def register_backend(self, backend: str) -> None:
         """Make ``backend`` known with position 0 so ``sync`` sees it even if it never started."""
+        try:
+            self._conn().execute(
+                "INSERT OR IGNORE INTO positions (backend, seq, updated) VALUES (?, 0, ?)", (backend, time.time())
+            )
+        except sqlite3.OperationalError:
+            if self.readonly:
+                raise
+            self._unregistered.add(backend)  # a full disk: again at close, unless a position is saved first
+
+    # -- events set aside -------------------------------------------------- #
+
+    def set_aside(self, backend: str, seq: int, error: str) -> None:
+        """Record that ``backend`` failed on event ``seq`` for good (its
+        position moves past it): ``sync`` offers it again later."""
         self._conn().execute(
-            "INSERT OR IGNORE INTO positions (backend, seq, updated) VALUES (?, 0, ?)", (backend, time.time())
+            "INSERT INTO set_aside (backend, seq, error, time) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(backend, seq) DO UPDATE SET error = excluded.error, time = excluded.time",
+            (backend, seq, error, time.time()),
         )
+
+    def clear_set_aside(self, backend: str, seqs: Iterable[int]) -> None:
+        """``backend`` holds these events now."""
+        self._conn().executemany("DELETE FROM set_aside WHERE backend = ? AND seq = ?", [(backend, s) for s in seqs])
+
+    def set_aside_seqs(self, backend: str) -> list[int]:
+        """The events ``backend`` set aside, in journal order."""
+        try:
+            rows = self._conn().execute("SELECT seq FROM set_aside WHERE backend = ? ORDER BY seq", (backend,))
+            return [row[0] for row in rows.fetchall()]
+        except sqlite3.OperationalError:  # a read-only journal made before events were set aside
+            return []
+
+    def set_aside_counts(self) -> dict[str, int]:
+        """How many events each backend set aside (behind its position: what only ``sync`` offers again)."""
+        try:
+            rows = self._conn().execute(
+                "SELECT s.backend, COUNT(*) FROM set_aside s JOIN positions p ON p.backend = s.backend "
+                "WHERE s.seq <= p.seq GROUP BY s.backend").fetchall()
+        except sqlite3.OperationalError:
+            return {}
+        return {backend: count for backend, count in rows}
+
+    def read_seqs(self, seqs: Iterable[int]) -> list[Record]:
+        """The committed records with these seqs, in order."""
+        wanted = sorted(set(seqs))
+        records: list[Record] = []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            rows = self._conn().execute(
+                f"SELECT seq, kind, step, time, data FROM events WHERE seq IN ({','.join('?' * len(chunk))}) "
+                "ORDER BY seq", chunk).fetchall()
+            records += [Record(s, k, st, t, _decode_json(d)) for s, k, st, t, d in rows]
+        return records

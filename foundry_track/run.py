@@ -31,6 +31,8 @@ from foundry_track.errors import BackendError
 from foundry_track.events import STATUSES, RunInfo, Status
 from foundry_track.params import flatten, redact
 from foundry_track.rundir import read_run_file, update_run_file
+from foundry_track.values import FAST_TYPES as _FAST_TYPES
+from foundry_track.values import FLOAT_INTS, check_int, coerce, small_numbers
 
 if TYPE_CHECKING:
     from foundry_track.delivery import Delivery
@@ -39,9 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["Run"]
 
 _log = logging.getLogger("foundry_track")
-_FAST_TYPES: Final = frozenset({float, int})
+_FLOAT_TYPE: Final = frozenset({float})
 _STR_TYPE: Final = frozenset({str})
-_TENSOR_TYPES: set[type] = set()  # torch.Tensor and subclasses, learned at first sight (no torch import)
 _now: Final = time.time
 _STEP_LIMIT: Final = 2**63  # SQLite's INTEGER
 _live_runs: weakref.WeakSet[Run] = weakref.WeakSet()
@@ -58,46 +59,6 @@ class _Gate:
     def __init__(self, last_step: int) -> None:
         self.hot = False
         self.last_step = last_step
-
-
-def _coerce(key: Any, value: Any) -> Any:
-    """The slow path of ``Run.log``: a value that is not a plain int or float.
-    (Keys are checked on the journal's thread, whichever path the call took.)"""
-    if type(value) in _TENSOR_TYPES:
-        return _tensor_value(key, value)
-    if type(value) in _FAST_TYPES:
-        return value
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, numbers.Real):  # numpy scalars register here
-        return value if isinstance(value, numbers.Integral) else float(value)
-    numel = getattr(value, "numel", None)
-    if numel is not None and callable(numel) and hasattr(value, "device"):  # a torch tensor
-        # Remembered by type, so the next tensor skips the checks above (the
-        # trainer logs its loss as a tensor every time).
-        _TENSOR_TYPES.add(type(value))
-        return _tensor_value(key, value)
-    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # 0-d numpy array
-        return value.item()
-    raise TypeError(
-        f"run.log: {key!r} has a value of type {type(value).__name__}; expected int, float, bool, "
-        f"a numpy scalar or a 0-d tensor (use log_params for config values)"
-    )
-
-
-def _tensor_value(key: str, value: Any) -> Any:
-    if value.numel() != 1:
-        raise TypeError(
-            f"run.log: {key!r} is a tensor of shape {tuple(value.shape)}; pass a scalar "
-            f"(a 0-d tensor, e.g. loss.detach()) or use run.log_histogram for many values"
-        )
-    if value.is_cpu:
-        return value.item()
-    # A device tensor is read by the journal's thread (``.item()``), so the step
-    # never syncs; it is copied first (an asynchronous device copy), because the
-    # optimizer or the loop may change the original in place meanwhile (a
-    # logged parameter, an accumulator reset with ``zero_()``).
-    return value.detach().clone()
 
 
 def _param_value(value: Any) -> Any:
@@ -139,6 +100,10 @@ class Run:
             journal.check_metrics = self._check_metrics
             journal.on_backlog = self._update_gate
         self.undelivered: dict[str, int] = {}
+        # Set by finish: events log() accepted that never reached the journal
+        # (its disk stayed full), and why.
+        self.not_journaled = 0
+        self.journal_error: str | None = None
         self._media_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._media_thread: threading.Thread | None = None
         self._watches: list[Any] = []
@@ -207,8 +172,9 @@ class Run:
 
         Values may be int, float, bool, numpy scalars or 0-d torch tensors. A CPU
         tensor is read at the call; a GPU tensor is copied (asynchronously) and
-        read on the journal's thread, so the step never syncs. A step lower than
-        one already logged is kept and reported once.
+        read on the journal's thread, so the step never syncs. An int beyond
+        float range raises ValueError, a value of another type TypeError. A step
+        lower than one already logged is kept and reported once.
 
         ``reduce="mean" | "sum" | "max" | "min"`` makes this call a COLLECTIVE
         under torch.distributed: every rank must call it, with the same keys in
@@ -225,7 +191,8 @@ class Run:
         # extra branch or attribute costs a fraction of a microsecond. The rest
         # of the checks (keys, steps going back) run on the journal's thread.
         gate = self._gate
-        if gate.hot and reduce is None and _FAST_TYPES.issuperset(map(type, values.values())):
+        if gate.hot and reduce is None and (_FLOAT_TYPE.issuperset(map(type, values.values()))
+                                            or small_numbers(values.values())):
             if type(step) is not int or step >= _STEP_LIMIT or step < 0:
                 if step is not None:
                     return self._log_slow(values, step, reduce)
@@ -254,7 +221,9 @@ class Run:
             raise BackendError(f"a backend failed in strict mode: {self._dispatcher.error!r}") from self._dispatcher.error
         for key, value in values.items():
             if type(value) not in _FAST_TYPES:
-                values[key] = _coerce(key, value)
+                value = values[key] = coerce(key, value)
+            if isinstance(value, int) and not -FLOAT_INTS < value < FLOAT_INTS:
+                check_int(key, value)
         # The gate, not the _last_step property: a property call between the
         # read and the write would let another thread take the same step.
         gate = self._gate
@@ -388,11 +357,18 @@ class Run:
             "digest": media.digest_path(target), "metadata": extra,
         })
 
-    def alert(self, title: str, text: str, level: str = "info") -> None:
-        """Send an alert to every backend that implements ``tracker_alert``."""
-        if level not in ("info", "warn", "error"):
-            raise ValueError(f"alert: level must be 'info', 'warn' or 'error', got {level!r}")
-        self._emit("alert", None, {"title": str(title), "text": str(text), "level": level})
+    def alert(self, title: str, text: str, level: object = "info") -> None:
+        """Send an alert to every backend that implements ``tracker_alert``.
+
+        ``level`` is ``"info"``, ``"warn"`` or ``"error"`` in any case, or an enum
+        member whose ``value`` or ``name`` is one of them (``wandb.AlertLevel.WARN``).
+        """
+        # Duck-typed, so the core never imports a tracker's SDK for its enum.
+        names = [level] if isinstance(level, str) else [getattr(level, "value", None), getattr(level, "name", None)]
+        found = next((n.lower() for n in names if isinstance(n, str) and n.lower() in ("info", "warn", "error")), None)
+        if found is None:
+            raise ValueError(f"alert: level must be 'info', 'warn' or 'error' (or wandb.AlertLevel), got {level!r}")
+        self._emit("alert", None, {"title": str(title), "text": str(text), "level": found})
 
     def watch(self, model: Any, log: str = "gradients", log_freq: int = 1000) -> None:
         """Log histograms of ``model``'s gradients and/or parameters every
@@ -435,6 +411,8 @@ class Run:
 
         Returns the number of events each backend did not receive; they stay in
         the journal for ``foundry-track sync``. Calling it twice is harmless.
+        Events that never reached the journal (its disk stayed full) are
+        counted in :attr:`not_journaled`, the reason in :attr:`journal_error`.
         """
         if status not in STATUSES:
             raise ValueError(f"run.finish: status must be one of {', '.join(STATUSES)}, got {status!r}")
@@ -454,13 +432,34 @@ class Run:
         if self._media_thread is not None:
             self._media_queue.put(None)
             self._media_thread.join(flush_timeout)
+        # A journal that cannot be written (a full disk) gets at most half of
+        # the time, so the backends still get theirs.
+        self._journal.commit_pending(min(flush_timeout / 2, max(0.0, deadline - time.monotonic())))
         self.undelivered = self._dispatcher.finish(status, max(0.0, deadline - time.monotonic()))
         self._journal.close()
-        update_run_file(self._info.dir, status=status, finished=time.time(), undelivered=self.undelivered)
+        self._close_run_file(status)
         self._release_dir()
         if self.config.strict and self._dispatcher.error is not None:
             raise BackendError(f"a backend failed in strict mode: {self._dispatcher.error!r}") from self._dispatcher.error
         return self.undelivered
+
+    def _close_run_file(self, status: Status) -> None:
+        """Count what never reached the journal, and record how the run ended in
+        run.json. Never raises: on a full disk run.json may not be writable either."""
+        assert self._journal is not None and self._info is not None
+        self.not_journaled = self._journal.not_journaled
+        if self.not_journaled:
+            self.journal_error = self._journal.last_write_error or "unknown"
+            _log.error(
+                "run %s: %d logged events could not be written to the journal %s (%s) and are lost; every other "
+                "event is in the journal. Keep free space on that disk.", self.id, self.not_journaled,
+                self._journal.path, self.journal_error)
+        try:
+            update_run_file(self._info.dir, status=status, finished=time.time(), undelivered=self.undelivered,
+                            not_journaled=self.not_journaled, journal_error=self.journal_error)
+        except OSError as exc:
+            _log.error("run %s: could not record its end (%s) in %s: %s. `foundry-track runs` shows it as crashed "
+                       "once this process has ended.", self.id, status, self._info.dir, exc)
 
     def _abort_start(self) -> None:
         """``init`` could not start delivery: no half-started run. What was

@@ -12,6 +12,7 @@ this module on a login node and answers at once.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -84,8 +85,37 @@ def load_run_file(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 def write_run_file(run_dir: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
     path = Path(run_dir) / RUN_FILE
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    text = json.dumps(data, indent=2, default=str).encode()
+    try:
+        tmp.write_bytes(text)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not _overwrite_in_place(path, text):
+            raise
+        return
     os.replace(tmp, path)  # atomic: a crash leaves the old or the new file, never half
+
+
+def _overwrite_in_place(path: Path, text: bytes) -> bool:
+    """On a full disk, rewrite ``path`` in the space it already holds (a file
+    system block or page: run.json grows by a few bytes when a run ends), so
+    the run's status is still recorded. Not atomic, hence only the fallback."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return False
+    try:
+        if len(text) > os.fstat(fd).st_blocks * 512:
+            return False
+        if os.pwrite(fd, text, 0) != len(text):
+            return False
+        os.ftruncate(fd, len(text))
+        os.fsync(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def update_run_file(run_dir: str | os.PathLike[str], **changes: Any) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import subprocess
 import sys
 import threading
@@ -51,6 +53,38 @@ def test_bad_values_raise_type_error_naming_the_key(rec: dict, bad: object, frag
     with ft.init(rec) as run:
         with pytest.raises(TypeError, match=fragment):
             run.log({"ok": 1.0, "k": bad})
+
+
+@pytest.mark.parametrize("others", [{}, {"ok": 1.0}, {"ok": np.float32(1.0)}], ids=["alone", "short-path", "slow-path"])
+@pytest.mark.parametrize("huge, magnitude", [(10**400, "10**400"), (-(10**5000), "10**5000"),
+                                             (2**1024 - 2**970, "10**308")], ids=["1e400", "-1e5000", "edge"])
+def test_an_int_beyond_float_range_is_refused_at_the_call(rec: dict, tmp_path: Path, others: dict, huge: int,
+                                                          magnitude: str) -> None:
+    # Accepted before, TensorBoard and MLflow then raised OverflowError on its batch for ever.
+    with ft.init(rec) as run:
+        with pytest.raises(ValueError, match=rf"'k' is an int of about {re.escape(magnitude)}, beyond float "
+                                             rf"range.*math\.log10"):
+            run.log({**others, "k": huge}, step=0)
+        run.log({"k": 1.0}, step=1)
+    assert [(r["step"], r["values"]) for r in _metrics(tmp_path)] == [(1, {"k": 1.0})]
+
+
+def test_large_numbers_that_fit_a_float_are_accepted(rec: dict, tmp_path: Path) -> None:
+    # Ints above SQLite's and JSON's 64 bits are fine (the values travel as JSON
+    # text); so are values for which the short path's one-pass check is unsure.
+    from fractions import Fraction
+
+    logged = [{"big": 2**63 + 1, "bigger": -(2**100), "top": 2**1024 - 2**971, "u64": np.uint64(2**64 - 1)},
+              {"inf": math.inf, "-inf": -math.inf}, {"a": 1e308, "b": 1e308}, {"f": Fraction(1, 3)}]
+    with ft.init(rec) as run:
+        for step, values in enumerate(logged):
+            run.log(values, step=step)
+        with pytest.raises(ValueError, match="'g' = Fraction beyond float range"):
+            run.log({"g": Fraction(10**400, 3)})
+    got = [r["values"] for r in _metrics(tmp_path)]
+    assert got[0] == {"big": 2**63 + 1, "bigger": -(2**100), "top": 2**1024 - 2**971, "u64": 2**64 - 1}
+    assert got[1] == {"inf": math.inf, "-inf": -math.inf} and got[2] == {"a": 1e308, "b": 1e308}
+    assert got[3] == {"f": 1 / 3}
 
 
 def test_non_str_keys_are_logged_as_str_and_reported_once(
