@@ -60,7 +60,8 @@ def test_mlflow_down_and_wandb_without_key_then_sync(tmp_path: Path, monkeypatch
 
 
 def test_resume_continues_one_run_in_every_backend(tmp_path: Path, mlflow_server: MlflowServer) -> None:
-    cfg = {"dir": str(tmp_path / "runs"), "run_name": "resume-me", "fallback": None, "strict": True,
+    cfg = {"dir": str(tmp_path / "runs"), "run_name": "resume-me", "project": f"resume-{tmp_path.name}",
+           "fallback": None, "strict": True,
            "backends": {"tensorboard": {}, "wandb": {}, "mlflow": {"tracking_uri": mlflow_server.uri}}}
     with ft.init(cfg) as first:
         for step in range(100):
