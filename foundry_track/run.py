@@ -32,7 +32,7 @@ from foundry_track.events import STATUSES, RunInfo, Status
 from foundry_track.params import flatten, redact
 from foundry_track.rundir import read_run_file, update_run_file
 from foundry_track.values import FAST_TYPES as _FAST_TYPES
-from foundry_track.values import FLOAT_INTS, check_int, coerce, small_numbers
+from foundry_track.values import FLOAT_INTS, check_int, coerce, read_cpu_tensors, small_numbers
 
 if TYPE_CHECKING:
     from foundry_track.delivery import Delivery
@@ -192,7 +192,7 @@ class Run:
         # of the checks (keys, steps going back) run on the journal's thread.
         gate = self._gate
         if gate.hot and reduce is None and (_FLOAT_TYPE.issuperset(map(type, values.values()))
-                                            or small_numbers(values.values())):
+                                            or small_numbers(values.values()) or read_cpu_tensors(values)):
             if type(step) is not int or step >= _STEP_LIMIT or step < 0:
                 if step is not None:
                     return self._log_slow(values, step, reduce)

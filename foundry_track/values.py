@@ -7,11 +7,37 @@ from __future__ import annotations
 import numbers
 from typing import Any, Final
 
-__all__ = ["FAST_TYPES", "FLOAT_INTS", "TENSOR_TYPES", "check_int", "coerce", "small_numbers", "tensor_value"]
+__all__ = ["FAST_TYPES", "FLOAT_INTS", "TENSOR_TYPES", "check_int", "coerce", "read_cpu_tensors", "small_numbers",
+           "tensor_value"]
 
 FAST_TYPES: Final = frozenset({float, int})
 FLOAT_INTS: Final = 2**1023  # ints below this in magnitude convert to float; above, float() decides
 TENSOR_TYPES: set[type] = set()  # torch.Tensor and subclasses, learned at first sight (no torch import)
+
+
+def read_cpu_tensors(values: dict[str, Any]) -> bool:
+    """Read the CPU scalar tensors among ``values`` in place (``.item()``, the
+    trainer's loss) and say whether every value is then a number every tracker
+    can store. False leaves the rest to ``Run.log``'s slow path, which raises
+    the right error for a tensor of many elements or a bad value. Why here: a
+    CPU tensor must be read at the call (the optimizer may change it in place
+    later), and reading it on the short path keeps the call near a float's
+    cost instead of paying the slow path's checks."""
+    if not TENSOR_TYPES:
+        return False
+    for key, value in values.items():
+        cls = type(value)
+        if cls is float:
+            continue
+        if cls in TENSOR_TYPES and value.is_cpu:
+            try:
+                number = value.item()
+            except (RuntimeError, ValueError):  # more than one element
+                return False
+            values[key] = int(number) if type(number) is bool else number
+        elif cls is not int or not -FLOAT_INTS < value < FLOAT_INTS:
+            return False
+    return True
 
 
 def small_numbers(values: Any) -> bool:
