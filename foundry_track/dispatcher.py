@@ -1,324 +1,49 @@
 """Fan-out: every backend reads the journal on its own worker thread.
 
-The training thread only appends to the journal. Each backend has one worker
-that starts the backend (bounded by ``start_timeout``), then reads the journal
-from its own delivered position, groups consecutive metric rows into one
-batch, calls the backend's hook, and moves its position only after the hook
-returned. A backend that raises is reported once, retried with backoff, and
-never touches the training loop or the other workers.
+The training thread only appends to the journal. The dispatcher owns one
+:class:`~foundry_track.worker.Worker` per backend (its thread, position,
+retries and set-aside events), switches on the fallback when a backend cannot
+start, reports each backend's errors once, and bounds the end of the run:
+:meth:`Dispatcher.finish` waits for the backends within the run's
+``flush_timeout``, keeping a little of it to close the ones still behind.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
+import math
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Final, Iterator, Mapping
+from typing import Callable, Final, Mapping
 
 from pydantic import BaseModel
 
 from foundry_track.errors import BackendError, TransientError
-from foundry_track.events import (
-    AlertEvent,
-    ArtifactEvent,
-    HistogramEvent,
-    ImageEvent,
-    MetricRow,
-    RunInfo,
-    Status,
-    TableEvent,
-    TextEvent,
-)
-from foundry_track.journal import Journal, Record
+from foundry_track.events import RunInfo, Status
+from foundry_track.journal import Journal
 from foundry_track.plugins import BackendHooks
+from foundry_track.worker import _BACKOFF_CAP as _BACKOFF_CAP  # the figures the docs state, read here too
+from foundry_track.worker import _MAX_PERMANENT_ATTEMPTS as _MAX_PERMANENT_ATTEMPTS
+from foundry_track.worker import BATCH_LIMIT, Batch, Worker, hook_groups, is_transient, to_event
 
-__all__ = ["Dispatcher", "TransientError", "BackendError", "is_transient"]
+__all__ = ["Dispatcher", "Worker", "TransientError", "BackendError", "is_transient", "BATCH_LIMIT",
+           "Batch", "hook_groups", "to_event"]
 
 _log = logging.getLogger("foundry_track")
-BATCH_LIMIT: Final = 2000  # records per read: bounds a lagging backend's memory
-_MAX_PERMANENT_ATTEMPTS: Final = 3
-_BACKOFF_CAP: Final = 10.0  # a server back from an outage is used again within 10 s
-_FLUSH_EVERY: Final = 1.0  # seconds between tracker_flush calls while events flow
-
-
-def is_transient(exc: BaseException) -> bool:
-    # OSError covers ConnectionError, TimeoutError, socket errors and the
-    # requests/urllib3 exceptions that SDKs let through.
-    return isinstance(exc, (TransientError, OSError))
-
-
-# kind -> (hook name, event class, the typed call on the backend's hooks)
-_EVENT_TYPES: Final[dict[str, tuple[str, type, Callable[[BackendHooks, Any], None]]]] = {
-    "image": ("tracker_log_image", ImageEvent, BackendHooks.log_image),
-    "histogram": ("tracker_log_histogram", HistogramEvent, BackendHooks.log_histogram),
-    "table": ("tracker_log_table", TableEvent, BackendHooks.log_table),
-    "text": ("tracker_log_text", TextEvent, BackendHooks.log_text),
-    "artifact": ("tracker_log_artifact", ArtifactEvent, BackendHooks.log_artifact),
-    "alert": ("tracker_alert", AlertEvent, BackendHooks.alert),
-}
-
-
-def to_event(record: Record) -> Any:
-    """Rebuild the event dataclass a hook receives from a journal record."""
-    _, cls, _ = _EVENT_TYPES[record.kind]
-    data = dict(record.data)
-    if "path" in data:
-        data["path"] = Path(data["path"])
-    for name in ("edges", "counts", "columns"):
-        if name in data:
-            data[name] = tuple(data[name])
-    if "rows" in data:
-        data["rows"] = tuple(tuple(r) for r in data["rows"])
-    return cls(step=record.step, time=record.time, **data)
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """What one hook call delivers: consecutive records of the journal."""
-
-    hook: str | None  # None: nothing to call (a "dropped" record, a kind from a newer version)
-    kind: str
-    deliver: Callable[[BackendHooks], None]
-    last_seq: int
-    count: int
-
-
-def _nothing(_hooks: BackendHooks) -> None:
-    return None
-
-
-def _bind(method: Callable[[BackendHooks, Any], None], event: Any) -> Callable[[BackendHooks], None]:
-    return lambda hooks: method(hooks, event)
-
-
-def hook_groups(records: list[Record]) -> Iterator[Batch]:
-    """The hook calls that deliver ``records``; consecutive metrics are one batch."""
-    i, n = 0, len(records)
-    while i < n:
-        rec = records[i]
-        if rec.kind == "metrics":
-            j = i
-            while j < n and records[j].kind == "metrics":
-                j += 1
-            rows = [MetricRow(r.step, r.time, r.data) for r in records[i:j]]
-            yield Batch("tracker_log_metrics", "metrics", functools.partial(BackendHooks.log_metrics, rows=rows),
-                        records[j - 1].seq, j - i)
-            i = j
-            continue
-        if rec.kind == "params":
-            yield Batch("tracker_log_params", "params", functools.partial(BackendHooks.log_params, params=rec.data),
-                        rec.seq, 1)
-        elif rec.kind in _EVENT_TYPES:
-            hook, _, method = _EVENT_TYPES[rec.kind]
-            yield Batch(hook, rec.kind, _bind(method, to_event(rec)), rec.seq, 1)
-        else:
-            yield Batch(None, rec.kind, _nothing, rec.seq, 1)
-        i += 1
-
-
-@dataclass
-class WorkerStats:
-    batches: int = 0
-    events: int = 0
-    retries: int = 0
-    errors: int = 0
-    busy_s: float = 0.0
-
-
-@dataclass(eq=False)
-class Worker:
-    """One backend's thread and its place in the journal."""
-
-    name: str
-    hooks: BackendHooks
-    options: BaseModel
-    resume_state: Mapping[str, str]
-    dispatcher: Dispatcher
-    state: str = "new"  # starting, running, start_failed, gave_up, finished, abandoned
-    pos: int = 0  # the last event handed to the backend
-    durable: int = 0  # the last event the backend holds durably: the journal's position
-    stats: WorkerStats = field(default_factory=WorkerStats)
-    done: threading.Event = field(default_factory=threading.Event)
-    abandon: threading.Event = field(default_factory=threading.Event)
-    error_reported: bool = False
-    skipped_kinds: set[str] = field(default_factory=set)
-    thread: threading.Thread | None = None
-    _flushed: float = field(default_factory=time.monotonic)  # when the last tracker_flush returned
-    _saved_stats: tuple[int, int, float] = (0, 0, 0.0)  # the stats already added to the journal's totals
-
-    @property
-    def buffered(self) -> bool:
-        """Whether the backend implements ``tracker_flush``: then its position
-        moves only after a flush, not when a hook returns."""
-        return "tracker_flush" in self.hooks.implemented
-
-    def begin(self, *, synchronous: bool = False) -> None:
-        self.pos = self.durable = self.dispatcher.journal.position(self.name)
-        if synchronous:
-            self._main()
-            return
-        self.thread = threading.Thread(target=self._main, name=f"foundry-track-{self.name}", daemon=True)
-        self.thread.start()
-
-    # -- the thread -------------------------------------------------------- #
-
-    def _main(self) -> None:
-        try:
-            if self._start() and self._deliver():
-                self.state = "finished"
-            self._finish()
-        except BaseException as exc:  # noqa: BLE001 - nothing may escape a worker
-            self.dispatcher.report(self, "worker", exc, 0)
-        finally:
-            self.done.set()
-
-    def _start(self) -> bool:
-        d = self.dispatcher
-        self.state = "starting"
-        timer = threading.Timer(d.start_timeout, self._start_timed_out)
-        timer.daemon = True
-        timer.start()
-        try:
-            # The identity tracker_start returned last time, updated with the
-            # checkpoint of the last durable flush (stored with the position).
-            state = {**self.resume_state, **d.journal.checkpoint(self.name)}
-            identity = self.hooks.start(d.run_info, self.options, state)
-        except Exception as exc:  # noqa: BLE001
-            timer.cancel()
-            if self.state == "starting":
-                self.state = "start_failed"
-                d.start_failed(self, exc)
-            return False
-        timer.cancel()
-        if self.state != "starting":
-            # The timeout fired first and the fallback took over: close what the
-            # backend opened late, so no remote run stays RUNNING.
-            try:
-                self.hooks.finish("killed", False)
-            except Exception:  # noqa: BLE001
-                _log.debug("backend %r: closing a late start failed", self.name, exc_info=True)
-            return False
-        self.state = "running"
-        if identity:
-            d.save_identity(self.name, {str(k): str(v) for k, v in dict(identity).items()})
-        # A first checkpoint before any event: after a crash, whatever the
-        # backend wrote past it is dropped, even if no flush came later.
-        return not self.buffered or self._flush()
-
-    def _start_timed_out(self) -> None:
-        if self.state == "starting":
-            self.state = "start_failed"
-            self.dispatcher.start_failed(
-                self, TimeoutError(f"tracker_start did not return within {self.dispatcher.start_timeout:g} s")
-            )
-
-    def _deliver(self) -> bool:
-        d, journal = self.dispatcher, self.dispatcher.journal
-        while not self.abandon.is_set():
-            records = journal.read_after(self.pos, BATCH_LIMIT)
-            if not records:
-                if self.durable < self.pos and not self._flush():  # caught up: make it durable now
-                    return False
-                # `closing` is set only after the final journal flush, so once it
-                # is set, last_seq is final.
-                if d.closing.is_set() and journal.last_seq <= self.pos:
-                    return True
-                journal.wait_for(self.pos, 0.25)
-                continue
-            for batch in hook_groups(records):
-                if batch.hook is None or batch.hook not in self.hooks.implemented:
-                    self._skip(batch.kind)
-                elif not self._call(batch):
-                    return False
-                self.pos = batch.last_seq
-                if not self.buffered:
-                    self._save_position(None)
-                elif time.monotonic() - self._flushed >= _FLUSH_EVERY and not self._flush():
-                    return False
-        return False
-
-    def _flush(self) -> bool:
-        """``tracker_flush``, then the position and the checkpoint in one statement."""
-        box: dict[str, Mapping[str, str] | None] = {}
-
-        def flush(hooks: BackendHooks) -> None:
-            box["checkpoint"] = hooks.flush()
-
-        if not self._call(Batch("tracker_flush", "flush", flush, self.pos, 0), counted=False):
-            return False
-        self._flushed = time.monotonic()
-        self._save_position(box.get("checkpoint") or {})
-        return True
-
-    def _save_position(self, checkpoint: Mapping[str, str] | None) -> None:
-        stats, saved = self.stats, self._saved_stats
-        self.dispatcher.journal.set_position(self.name, self.pos, checkpoint=checkpoint,
-                                             batches=stats.batches - saved[0], retries=stats.retries - saved[1],
-                                             busy_s=stats.busy_s - saved[2])
-        self._saved_stats = (stats.batches, stats.retries, stats.busy_s)
-        self.durable = self.pos
-
-    def _skip(self, kind: str) -> None:
-        if kind not in self.skipped_kinds and kind not in ("params", "dropped"):
-            self.skipped_kinds.add(kind)
-            _log.info("backend %r cannot show %s events; skipping them for this run", self.name, kind)
-
-    def _call(self, batch: Batch, *, counted: bool = True) -> bool:
-        d, hook, count = self.dispatcher, batch.hook or "", batch.count
-        attempt = permanent = 0
-        while True:
-            started = time.perf_counter()
-            try:
-                batch.deliver(self.hooks)
-            except Exception as exc:  # noqa: BLE001
-                self.stats.errors += 1
-                attempt += 1
-                d.report(self, hook, exc, count)
-                if d.strict:
-                    self.state = "gave_up"
-                    return False
-                # Transient errors (an outage) are retried until finish's deadline;
-                # only errors that will not heal by waiting count towards giving up.
-                permanent += not is_transient(exc)
-                if permanent >= _MAX_PERMANENT_ATTEMPTS:
-                    self.state = "gave_up"
-                    _log.error(
-                        "backend %r gave up after %d failures that are not transient; its remaining events stay "
-                        "in the journal: foundry-track sync %s --backend %s", self.name, permanent, d.run_info.dir,
-                        self.name,
-                    )
-                    return False
-                self.stats.retries += 1
-                if self.abandon.wait(min(0.5 * 2 ** (attempt - 1), _BACKOFF_CAP)):
-                    return False
-                continue
-            if counted:
-                self.stats.busy_s += time.perf_counter() - started
-                self.stats.batches += 1
-                self.stats.events += count
-            return True
-
-    def _finish(self) -> None:
-        if self.state not in ("finished", "gave_up") or self.abandon.is_set():
-            return
-        try:
-            # complete=False tells the backend its stream has a gap (it gave up
-            # on an event): it must not mark the run finished successfully.
-            self.hooks.finish(self.dispatcher.status, self.state == "finished")
-        except Exception as exc:  # noqa: BLE001
-            self.dispatcher.report(self, "tracker_finish", exc, 0)
-
-    def pending(self) -> int:
-        """Events the backend does not hold durably yet."""
-        return max(0, self.dispatcher.journal.last_seq - self.durable)
+# At finish, what is kept of the timeout to close the backends still behind
+# (tracker_finish with complete=False) after delivery was abandoned.
+_CLOSE_RESERVE: Final = 2.0
+_CLOSE_SHARE: Final = 0.1
 
 
 class Dispatcher:
-    """Owns the workers of one run: start, fallback, errors, bounded finish."""
+    """Owns the workers of one run: start, fallback, errors, bounded finish.
+
+    ``retry_start``: a start that fails for a transient reason is retried in
+    the background until ``finish`` (a live run); ``sync`` leaves it off and
+    reports the backend as not started.
+    """
 
     def __init__(
         self,
@@ -329,14 +54,17 @@ class Dispatcher:
         strict: bool,
         fallback: Callable[[str], Worker | None] | None = None,
         on_identity: Callable[[str, dict[str, str]], None] | None = None,
+        retry_start: bool = False,
     ) -> None:
         self.journal = journal
         self.run_info = run_info
         self.start_timeout = start_timeout
         self.strict = strict
+        self.retry_start = retry_start
         self.workers: dict[str, Worker] = {}
         self.closing = threading.Event()
         self.status: Status = "success"
+        self.deadline = math.inf  # monotonic time finish() returns by; no tracker_finish starts after it
         self.error: BaseException | None = None
         self.on_error: Callable[[], None] | None = None  # the run's log() stops taking its short path
         self._fallback = fallback
@@ -370,7 +98,8 @@ class Dispatcher:
             if hook in ("tracker_start", "tracker_finish", "worker"):
                 retry = "not retried"
             else:
-                retry = "retrying with backoff" if is_transient(exc) else "retrying a few times"
+                retry = ("retrying with backoff" if is_transient(exc)
+                         else "retrying a few times, then setting the events it refuses aside")
             _log.error(
                 "backend %r failed in %s (%d events affected; %s; the training loop is not affected). "
                 "Later errors of this backend are counted, not printed.\n%s",
@@ -379,20 +108,30 @@ class Dispatcher:
         else:
             _log.debug("backend %r failed again in %s: %s", worker.name, hook, message)
 
-    def start_failed(self, worker: Worker, exc: BaseException) -> None:
+    def start_failed(self, worker: Worker, exc: BaseException, *, retrying: bool, fallback: bool) -> None:
+        """A backend's start failed or timed out: say so once, and switch on the
+        fallback (``fallback``) the first time."""
         # One warning says it all (a missing API key needs no traceback); the
         # traceback goes to debug level for plugin authors.
         worker.error_reported = True
         self.report(worker, "tracker_start", exc, 0)
         _log.debug("backend %r: tracker_start failed", worker.name, exc_info=exc)
-        fallback = self._fallback(worker.name) if self._fallback else None
-        also = f"; events now also go to the fallback backend {fallback.name!r}" if fallback else ""
+        used = self._fallback(worker.name) if fallback and self._fallback else None
+        also = f"; events now also go to the fallback backend {used.name!r}" if used else ""
+        if retrying:
+            _log.warning(
+                "backend %r could not start (%s: %s). Retrying in the background (backoff capped at %g s) until "
+                "the run finishes; meanwhile its events are kept in the journal%s. Once it starts it catches up "
+                "from the journal; if it has not started by then, deliver them with: foundry-track sync %s "
+                "--backend %s",
+                worker.name, type(exc).__name__, exc, _BACKOFF_CAP, also, self.run_info.dir, worker.name,
+            )
+            return
         _log.warning(
             "backend %r could not start (%s: %s). Its events are kept in the journal%s. "
             "Deliver them later with: foundry-track sync %s --backend %s",
             worker.name, type(exc).__name__, exc, also, self.run_info.dir, worker.name,
         )
-        worker.done.set()
 
     def save_identity(self, name: str, identity: dict[str, str]) -> None:
         if self._on_identity is not None:
@@ -401,30 +140,47 @@ class Dispatcher:
     # -- called from the run ----------------------------------------------- #
 
     def finish(self, status: Status, timeout: float) -> dict[str, int]:
-        """Deliver what is left within ``timeout`` seconds; return undelivered counts."""
+        """Deliver what is left within ``timeout`` seconds; return undelivered counts.
+
+        A backend still behind when all but a small reserve of the time is
+        used (min(2 s, 10 %)) is abandoned: its worker stops delivering and,
+        once its current call returns, closes the backend's run with
+        ``tracker_finish(status, complete=False)`` within the reserve.
+        """
         deadline = time.monotonic() + timeout
+        self.deadline = deadline
         self.status = status
         self.journal.flush()
         self.closing.set()
         self.journal.wake()  # workers idling in wait_for see `closing` now, not 0.25 s later
-        while True:
-            # A worker that fails to start adds the fallback's worker before it is
-            # done, so look again until no new worker appeared while waiting.
-            workers = list(self.workers.values())
-            for worker in workers:
-                worker.done.wait(max(0.0, deadline - time.monotonic()))
-            if len(self.workers) == len(workers):
-                break
+        workers = self._wait(deadline - min(_CLOSE_RESERVE, _CLOSE_SHARE * timeout))
+        late = [worker for worker in workers if not worker.done.is_set()]
+        for worker in late:
+            worker.abandon.set()
+        for worker in late:
+            worker.done.wait(max(0.0, deadline - time.monotonic()))
         undelivered: dict[str, int] = {}
         for worker in workers:
-            if not worker.done.is_set():
-                worker.abandon.set()
+            if not worker.done.is_set():  # stuck in a call: the next sync closes its run
                 worker.state = "abandoned"
             pending = worker.pending()
             if pending:
                 undelivered[worker.name] = pending
+                aside = sum(1 for seq in worker.aside.copy() if seq <= worker.durable)
+                why = worker.state if not aside else f"{worker.state}; {aside} set aside"
                 _log.warning(
                     "backend %r: %d events not delivered (%s). Deliver them with: foundry-track sync %s --backend %s",
-                    worker.name, pending, worker.state, self.run_info.dir, worker.name,
+                    worker.name, pending, why, self.run_info.dir, worker.name,
                 )
         return undelivered
+
+    def _wait(self, until: float) -> list[Worker]:
+        """Wait (until ``until``) for every worker to be done; the workers."""
+        while True:
+            # A worker that fails to start adds the fallback's worker meanwhile,
+            # so look again until no new worker appeared while waiting.
+            workers = list(self.workers.values())
+            for worker in workers:
+                worker.done.wait(max(0.0, until - time.monotonic()))
+            if len(self.workers) == len(workers):
+                return workers

@@ -69,6 +69,8 @@ class BackendState:
     Journal sequence numbers run 1..N without gaps and a backend's position is
     the last one it acknowledged, so ``delivered`` and ``pending`` are event
     counts. ``errors`` counts failed hook calls (every retry counts), not events.
+    ``set_aside`` events (the backend refused them for good, its position moved
+    past them; ``sync`` offers them again) count as pending, not delivered.
     """
 
     name: str
@@ -85,6 +87,7 @@ class BackendState:
     options: Mapping[str, Any]  # as run.json keeps them: secrets already redacted
     is_fallback: bool
     awaiting_upload: str | None = None  # an offline copy (folder) that still has to be uploaded
+    set_aside: int = 0  # events the backend refused for good, behind its position: counted in pending
 
     @property
     def link(self) -> str | None:
@@ -103,7 +106,7 @@ class BackendState:
             "retries": self.retries, "busy_s": self.busy_s, "mean_batch_ms": self.mean_batch_ms,
             "undelivered_at_finish": self.undelivered_at_finish, "identity": dict(self.identity),
             "link": self.link, "options": dict(self.options), "fallback": self.is_fallback,
-            "awaiting_upload": self.awaiting_upload,
+            "awaiting_upload": self.awaiting_upload, "set_aside": self.set_aside,
         }
 
 
@@ -190,6 +193,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunSummary:
     try:
         last = journal.refresh()
         positions = journal.positions()
+        set_aside = journal.set_aside_counts()
         last_step = journal.max_step()
         tail = journal.read_after(last - 1, 1) if last else []
     except sqlite3.Error as exc:
@@ -205,13 +209,16 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunSummary:
     for name in dict.fromkeys([*configured, *positions]):
         pos = positions.get(name, {})
         seq = int(pos.get("seq", 0))
+        aside = min(set_aside.get(name, 0), seq)
         backends[name] = BackendState(
-            name=name, delivered=min(seq, last), pending=max(0, last - seq), errors=int(pos.get("errors", 0)),
+            name=name, delivered=min(seq, last) - aside, pending=max(0, last - seq) + aside,
+            errors=int(pos.get("errors", 0)),
             last_error=pos.get("last_error"), updated=pos.get("updated"), batches=int(pos.get("batches", 0)),
             retries=int(pos.get("retries", 0)), busy_s=float(pos.get("busy_s", 0.0)),
             undelivered_at_finish=(int(undelivered.get(name, 0)) if isinstance(undelivered, dict) else None),
             identity=dict(identities.get(name) or {}), options=dict(configured.get(name) or {}),
             is_fallback=name == data.get("fallback"), awaiting_upload=_awaiting_upload(identities.get(name) or {}),
+            set_aside=aside,
         )
     return RunSummary(
         dir=path, id=str(data["id"]), name=str(data.get("name") or data["id"]), project=data.get("project"),

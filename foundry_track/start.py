@@ -210,9 +210,16 @@ def _write_run_json(cfg: TrackingConfig, info: RunInfo, previous: Mapping[str, A
 def _start_delivery(cfg: TrackingConfig, info: RunInfo, journal: Journal,
                     chosen: Mapping[str, tuple[BackendInfo, BaseModel]], previous: Mapping[str, Any]) -> Delivery:
     if cfg.delivery == "process":
+        def deliver_here(names: list[str]) -> Dispatcher:
+            # Backends the delivery process cannot take; no fallback of their
+            # own, since the delivery process runs the run's fallback.
+            return start_dispatcher(journal, info, {n: chosen[n][1] for n in names},
+                                    dict(previous.get("backend_ids", {})), fallback=None,
+                                    start_timeout=cfg.start_timeout, strict=cfg.strict)
+
         return ProcessDelivery.start(
             journal, info.dir, {n: dict(cfg.backends[n] or {}) for n in chosen}, fallback=cfg.fallback,
-            start_timeout=cfg.start_timeout, strict=cfg.strict)
+            start_timeout=cfg.start_timeout, strict=cfg.strict, deliver_here=deliver_here)
     if previous:
         wait_for_orphaned_delivery(info.dir, previous)
     return start_dispatcher(journal, info, {n: options for n, (_, options) in chosen.items()},
@@ -287,7 +294,8 @@ def sync_run(run_dir: str | os.PathLike[str], backend: str | None = None, *, tim
     dispatcher.closing.set()  # nothing new will arrive: deliver up to last_seq and finish
     found, before = discover(), {}
     for name in names:
-        if journal.position(name) >= journal.last_seq and data.get("status") in STATUSES:
+        if (journal.position(name) >= journal.last_seq and data.get("status") in STATUSES
+                and not journal.set_aside_seqs(name)):  # events set aside are offered again
             continue
         info_b = found.get(name)
         if info_b is None or not info_b.available:

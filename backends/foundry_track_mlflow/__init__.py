@@ -27,9 +27,11 @@ Network behaviour
     Connection failures, timeouts, HTTP 5xx and 429 become
     :class:`foundry_track.TransientError` (retried until ``finish``'s
     deadline; the journal keeps everything meanwhile); other errors (HTTP 4xx,
-    invalid data) are permanent. ``tracker_start`` does not retry: if the
-    server cannot be reached the core switches on the fallback backend and
-    ``foundry-track sync`` delivers later.
+    invalid data) are permanent. ``tracker_start`` raises the same way and
+    does not retry itself: if the server cannot be reached the core switches
+    on the fallback backend and retries the start in the background; once the
+    server answers, the run catches up from the journal (``foundry-track
+    sync`` delivers what it could not before the run finished).
 
 Groups as parent runs
     With ``parent_run_per_group`` (on by default for the trials of a sweep:
@@ -679,12 +681,15 @@ class MlflowBackend:
     # -- finish ------------------------------------------------------------ #
 
     @foundry_track.hookimpl
-    def tracker_finish(self, status: Status) -> None:
+    def tracker_finish(self, status: Status, complete: bool) -> None:
         if self._client is None or self.run_id is None:
             return
+        # A run missing events (left in the journal, or set aside) is not
+        # FINISHED: KILLED until the `foundry-track sync` that completes it.
+        ended = _STATUS.get(status, "FAILED") if complete or status == "failed" else "KILLED"
         with self._errors("finish"):
             # Setting the same terminal status twice is harmless (sync may call again).
-            self._client.set_terminated(self.run_id, status=_STATUS.get(status, "FAILED"))
+            self._client.set_terminated(self.run_id, status=ended)
             if self._parent_id:  # the group's parent ends with its latest child
                 self._client.set_terminated(self._parent_id, status="FINISHED")
 

@@ -21,7 +21,8 @@ def add_parser(sub: Any) -> None:
         sub, "show", "one run: config, tags, backend links, metric summary, delivery health",
         "Everything about one run: its config (secrets redacted) and tags, each backend's run id and link "
         "(W&B URL, MLflow run URL), the latest value and min/max of every metric, and the logging layer's "
-        "health per backend (delivered, pending, batches, mean ms per batch, retries, errors, last error).",
+        "health per backend (delivered, pending, set aside, batches, mean ms per batch, retries, errors, "
+        "last error).",
         "examples:\n  foundry-track show runs/exp0-baseline-a1b2c3d4\n  foundry-track show a1b2c3d4 --json",
         run)
     p.add_argument("run", metavar="RUN", help="a run directory, or a run id / name / directory name under --dir")
@@ -43,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
     contents = scan(path)
     # The run's config (init(params=...)) as run.json keeps it, then what
     # log_params added or changed later; secrets were redacted before writing.
+    # Keys read as log_params writes them (`a/b`), in the order they were logged.
     params = {**flatten(summary.raw.get("config") or {}), **contents.params}
-    config = {f"tracking.backends.{n}.{k}": _masked(v, mask_url) for n, b in summary.backends.items()
+    config = {f"tracking/backends/{n}/{k}": _masked(v, mask_url) for n, b in summary.backends.items()
               for k, v in b.options.items()}
     if args.json:
         ui.dump({
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     _print_facts(summary, contents)
     if params or config:
         print("\nconfig (secrets redacted)")
-        for key, value in [*sorted(params.items()), *config.items()]:
+        for key, value in [*params.items(), *config.items()]:
             print(f"  {key} = {_masked(value, mask_url)}")
     print()
     _print_backends(summary, mask_url)
@@ -89,11 +91,11 @@ def _print_facts(run: RunSummary, contents: RunContents) -> None:
 
 
 def _print_backends(run: RunSummary, mask_url: Callable[[str], str]) -> None:
-    rows = [[name, f"{b.delivered:,}/{run.events:,}", ui.num(b.pending), ui.num(b.batches),
+    rows = [[name, f"{b.delivered:,}/{run.events:,}", ui.num(b.pending), ui.num(b.set_aside), ui.num(b.batches),
              "-" if b.mean_batch_ms is None else f"{b.mean_batch_ms:.2f}", ui.num(b.retries), ui.num(b.errors),
              "-" if b.undelivered_at_finish is None else ui.num(b.undelivered_at_finish),
              (b.last_error or "-")[:120]] for name, b in run.backends.items()]
-    ui.print_table(["backend", "delivered", "pending", "batches", "ms/batch", "retries", "errors",
+    ui.print_table(["backend", "delivered", "pending", "set aside", "batches", "ms/batch", "retries", "errors",
                     "undelivered at finish", "last error"], rows, title="backends (the logging layer's health)")
     for name, b in run.backends.items():
         ids = ", ".join(f"{k}={_masked(v, mask_url)}" for k, v in b.identity.items() if k != "url")

@@ -59,7 +59,7 @@ def start_dispatcher(journal: Journal, info: RunInfo, options: Mapping[str, Base
             return None
         with fallback_lock:
             existing = dispatcher.workers.get(name_)
-            if existing is not None:
+            if existing is not None:  # configured too, or switched on already
                 return existing if existing.state != "start_failed" else None
             fb = found.get(name_)
             if fb is None or not fb.available:
@@ -71,7 +71,7 @@ def start_dispatcher(journal: Journal, info: RunInfo, options: Mapping[str, Base
 
     dispatcher = Dispatcher(
         journal, info, start_timeout=start_timeout, strict=strict, fallback=start_fallback,
-        on_identity=lambda n, ident: save_identity(run_dir, n, ident),
+        on_identity=lambda n, ident: save_identity(run_dir, n, ident), retry_start=True,
     )
     hooks = {name_: hooks_for(found[name_]) for name_ in options}
     for name_, opts in options.items():

@@ -9,6 +9,7 @@ of the same backend" for ``foundry-track sync``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -71,10 +72,11 @@ class Recorder:
         self._write([{"hook": "params", "params": dict(params)}])
 
     @foundry_track.hookimpl
-    def tracker_finish(self, status: str) -> None:
+    def tracker_finish(self, status: str, complete: bool) -> None:
         assert self.options is not None
         with open(self.options.out, "a") as fh:
-            fh.write(json.dumps({"pid": os.getpid(), "hook": "finish", "status": status}) + "\n")
+            fh.write(json.dumps({"pid": os.getpid(), "hook": "finish", "status": status,
+                                 "complete": complete}) + "\n")
 
 
 class Raising(Recorder):
@@ -99,6 +101,29 @@ class Slow(Recorder):
     def fault(self, events: int) -> None:
         if self._faulty() and self.options is not None:
             time.sleep(self.options.delay_per_event * events)
+
+
+class Picky(Recorder):
+    """Refuses (for good: ValueError) a batch of metric rows holding a value that
+    is not finite, while the fault flag exists; takes everything else."""
+
+    @foundry_track.hookimpl
+    def tracker_log_metrics(self, rows: Sequence[Any]) -> None:
+        bad = [r.step for r in rows if not all(math.isfinite(v) for v in r.values.values())]
+        if bad and self._faulty():
+            raise ValueError(f"cannot store a value that is not finite (step {bad[0]})")
+        super().tracker_log_metrics(rows)
+
+
+class Unreachable(Recorder):
+    """tracker_start fails as a tracker that is down does (ConnectionRefusedError)
+    while the fault flag exists; healthy once it is gone."""
+
+    @foundry_track.hookimpl
+    def tracker_start(self, run: Any, options: FaultOptions, resume_state: Mapping[str, str]) -> dict[str, str]:
+        if options.fault_flag is not None and options.fault_flag.exists():
+            raise ConnectionRefusedError(111, "Connection refused (injected)")
+        return super().tracker_start(run, options, resume_state)
 
 
 class Misspelled:
