@@ -371,8 +371,8 @@ def test_media_artifacts_and_alerts_read_back(client: mlflow.MlflowClient, mlflo
     backend.tracker_log_artifact(artifact=ArtifactEvent(ckpt, "model", "ckpt-1", 9, now, "sha256:abc"))
     assert len(client.list_artifacts(run_id, "model/ckpt-1")) == 2
 
-    backend.tracker_finish(status="success")
-    backend.tracker_finish(status="success")  # harmless twice
+    backend.tracker_finish(status="success", complete=True)
+    backend.tracker_finish(status="success", complete=True)  # harmless twice
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
