@@ -1,31 +1,51 @@
-"""MkDocs hooks: the reference parts of the docs are generated from the code
-at build time, so they cannot drift from it.
+"""The reference parts of the docs, generated from the code and committed into
+the Markdown, so they read the same on a code host as on the built site.
 
-A page asks for a generated part with a marker on a line of its own::
+A generated part sits between two markers, each on a line of its own::
 
-    <!-- generated: tracking-config -->          every key of the `tracking:` block
-    <!-- generated: tracking-defaults -->        the whole block with its defaults, as YAML
-    <!-- generated: backend-options NAME -->     a built-in backend's options
-    <!-- generated: backends -->                 the backends found through the entry points
-    <!-- generated: hook-reference -->          one section per hook; its heading is the exact signature
-    <!-- generated: event-types -->             the dataclasses the hooks receive
-    <!-- generated: conformance-cases -->       the cases of foundry_track.testing
-    <!-- generated: cli-reference -->           every `foundry-track` command's --help
+    <!-- BEGIN generated: hook-reference (...) -->
+    ...generated Markdown: edit the code, not this text...
+    <!-- END generated: hook-reference -->
+
+The parts:
+
+    tracking-config          every key of the `tracking:` block
+    tracking-defaults        the whole block with its defaults, as YAML
+    backend-options NAME     a built-in backend's options
+    backends                 the backends found through the entry points
+    hook-reference           one section per hook; its heading is the exact signature
+    event-types              the dataclasses the hooks receive
+    conformance-cases        the cases of foundry_track.testing
+    cli-reference            every `foundry-track` command's --help
+    api-reference            foundry_track.init, foundry_track.sync and every public member of Run
+
+After changing the code they come from, regenerate the committed text::
+
+    python docs/hooks.py --write      # rewrite every docs/**/*.md whose parts changed
+    python docs/hooks.py --check      # exit 1, with a diff, if one would change
+
+A new part can be asked for with a one-line marker, ``<!-- generated: NAME -->``;
+``--write`` turns it into a BEGIN/END block. ``tests/test_docs.py`` fails when
+the committed text differs from what the code generates. MkDocs runs this file
+as a hook too (``on_page_markdown``), so a built site is always current.
 
 An unknown marker, or a configuration field without a description, fails the
-build (and ``tests/test_docs.py``, which runs ``mkdocs build --strict``).
-The functions are plain, so the tests import this file and call them too.
+build and the tests. The functions are plain, so the tests import this file
+and call them too.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import inspect
 import json
 import re
+import sys
 import tempfile
 import types
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Callable, Literal, Union, get_args, get_origin
 
@@ -33,8 +53,16 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
-MARKER = re.compile(r"^<!-- generated: ([a-z-]+)(?: ([A-Za-z0-9_.-]+))? -->$", re.MULTILINE)
+_SPEC = r"[a-z-]+(?: [A-Za-z0-9_.-]+)?"
+# A part asked for but not generated yet (`--write` expands it into a block).
+MARKER = re.compile(rf"^<!-- generated: ({_SPEC}) -->$", re.MULTILINE)
+# A generated part, committed: the markers and the text between them.
+BLOCK = re.compile(rf"^<!-- BEGIN generated: (?P<spec>{_SPEC})(?: \([^)\n]*\))? -->\n"
+                   rf"(?P<body>.*?)^<!-- END generated: (?P=spec) -->$", re.MULTILINE | re.DOTALL)
+EDGE = re.compile(r"^<!-- (?:BEGIN|END) generated: .*$", re.MULTILINE)  # either marker of a block
+REGENERATE = "python docs/hooks.py --write"
 BUILTIN_DISTRIBUTION = "foundry-track"
+DOCS = Path(__file__).resolve().parent
 
 
 class DocsError(RuntimeError):
@@ -67,6 +95,27 @@ def yaml_value(value: Any) -> str:
     """One value in YAML flow style: ``null``, ``true``, ``{tensorboard: {}}``, ``runs``."""
     text = yaml.safe_dump(to_jsonable_python(value), default_flow_style=True, allow_unicode=True, width=10_000)
     return text.removesuffix("\n...\n").strip()
+
+
+def cell(text: str) -> str:
+    """Code in a table cell. A code host (GitHub) splits a row at every ``|``,
+    inside code too, unless it is escaped; the site's Markdown keeps the
+    backslash in code, so :func:`on_page_markdown` removes it again."""
+    return f"`{text.replace('|', chr(92) + '|')}`"
+
+
+_TABLE_CODE = re.compile(r"`[^`\n]*`")
+
+
+def unescape_table_code(markdown: str) -> str:
+    """``\\|`` back to ``|`` inside code spans of table rows (Python-Markdown
+    does not split a row at a pipe in code, and would show the backslash)."""
+    def row(line: str) -> str:
+        if not line.startswith("|"):
+            return line
+        return _TABLE_CODE.sub(lambda m: m.group(0).replace(chr(92) + "|", "|"), line)
+
+    return "\n".join(row(line) for line in markdown.split("\n"))
 
 
 def _constraints(field: Any) -> list[str]:
@@ -110,8 +159,8 @@ def options_reference(model: type[BaseModel], path: list[str], *, where: str, le
     out = ["| key | type | default |", "| --- | --- | --- |"]
     for name, field in model.model_fields.items():
         default = _default(field)
-        shown = "required" if default is PydanticUndefined else f"`{yaml_value(default)}`"
-        out.append(f"| [`{name}`](#{anchor_prefix}{name}) | `{type_name(field.annotation)}` | {shown} |")
+        shown = "required" if default is PydanticUndefined else cell(yaml_value(default))
+        out.append(f"| [`{name}`](#{anchor_prefix}{name}) | {cell(type_name(field.annotation))} | {shown} |")
     out.append("")
     for name, field in model.model_fields.items():
         default = _default(field)
@@ -172,9 +221,9 @@ def backend_options(name: str) -> str:
                 f"built, so its options are not listed here. Install it with "
                 f"`pip install 'foundry-track[{name}]'` and see `foundry-track backends`.\n")
     model = options_model(info)
-    state = "available" if info.available else f"not available here: {info.unavailable}"
+    # Nothing that depends on the machine (whether the SDK is installed here): the text is committed.
     head = (f"Entry point `{name} = {info.value}` in the `foundry_track` group of the `{info.distribution}` "
-            f"distribution ({state}).\n\n")
+            f"distribution.\n\n")
     if not model.model_fields:
         return head + f"The `{name}` backend takes no options: write `{name}: {{}}`.\n"
     return head + options_reference(model, ["tracking", "backends", name], where=f"backend {name!r}",
@@ -222,17 +271,24 @@ def _annotation(annotation: Any) -> str:
     return annotation if isinstance(annotation, str) else type_name(annotation)
 
 
-def rst_to_markdown(text: str, hooks: set[str]) -> str:
-    """The subset of reStructuredText the hookspec docstrings use, as Markdown."""
+def rst_to_markdown(text: str, hooks: set[str], *, links: Mapping[str, str] | None = None) -> str:
+    """The subset of reStructuredText the hookspec and API docstrings use, as
+    Markdown. ``links`` maps a role's target (``foundry_track.init`` or ``init``)
+    to an anchor."""
     text = inspect.cleandoc(text)
 
     from foundry_track import events
 
     event_names = set(events.__all__)
+    links = links or {}
 
     def role(match: re.Match[str]) -> str:
         kind, target = match.group(1), match.group(2).lstrip("~")
         short = target.rsplit(".", 1)[-1]
+        for name in (target, short):
+            if name in links:
+                shown = f"{short}()" if kind in ("func", "meth") else short
+                return f"[`{shown}`]({links[name]})"
         if kind == "func" and short in hooks:
             return f"[`{short}`](#{short})"
         if kind == "class" and short in event_names:
@@ -300,17 +356,17 @@ def event_types() -> str:
             out += ["| field | type | default |", "| --- | --- | --- |"]
             for f in dataclasses.fields(obj):
                 if f.default is not dataclasses.MISSING:
-                    default = f"`{yaml_value(f.default)}`"
+                    default = cell(yaml_value(f.default))
                 elif f.default_factory is not dataclasses.MISSING:
-                    default = f"`{yaml_value(f.default_factory())}`"
+                    default = cell(yaml_value(f.default_factory()))
                 else:
                     default = ""
-                out.append(f"| `{f.name}` | `{f.type}` | {default} |")
+                out.append(f"| `{f.name}` | {cell(str(f.type))} | {default} |")
             out.append("")
     aliases = [(n, getattr(events, n)) for n in events.__all__ if get_origin(getattr(events, n)) is not None]
     if aliases:
         out += ["### Type aliases { #type-aliases }", "", "| name | values |", "| --- | --- |"]
-        out += [f"| `{n}` | `{type_name(a)}` |" for n, a in aliases]
+        out += [f"| `{n}` | {cell(type_name(a))} |" for n, a in aliases]
         out.append("")
     return "\n".join(out)
 
@@ -338,19 +394,130 @@ def conformance_cases() -> str:
     return "\n".join(out) + "\n"
 
 
+class _StableHelp(argparse.HelpFormatter):
+    """--help as committed: the same on every Python the project supports and in
+    any terminal (a fixed width, no colour, one spelling of an option's metavar)."""
+
+    def __init__(self, prog: str, *args: Any, **kwargs: Any) -> None:
+        kwargs.update(width=80, max_help_position=24)
+        super().__init__(prog, *args, **kwargs)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        # Python 3.13 writes `-o, --output FILE` where earlier ones write
+        # `-o FILE, --output FILE`: the shorter one, everywhere.
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {metavar}"
+
+
+def _stable(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    base = parser.formatter_class
+    parser.formatter_class = type(f"Stable{getattr(base, '__name__', 'Help')}", (_StableHelp, base), {})
+    parser.color = False  # Python 3.14 colours help on a terminal
+    return parser
+
+
 def cli_reference() -> str:
     from foundry_track import cli
 
-    parser: argparse.ArgumentParser = cli._parser()
+    parser = _stable(cli._parser())
     out = ["```text", "$ foundry-track --help", parser.format_help().rstrip(), "```", ""]
     for action in parser._subparsers._group_actions if parser._subparsers else []:  # noqa: SLF001
         for name, sub in action.choices.items():
             out += [f"### `foundry-track {name}` {{ #cli-{name} }}", "", "```text",
-                    f"$ foundry-track {name} --help", sub.format_help().rstrip(), "```", ""]
+                    f"$ foundry-track {name} --help", _stable(sub).format_help().rstrip(), "```", ""]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- #
+# The Python API: foundry_track.init, foundry_track.sync and Run
+# --------------------------------------------------------------------------- #
+
+
+def _default_text(value: Any) -> str:
+    # Strings in double quotes, as the source writes them.
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+
+
+def python_signature(name: str, function: Callable[..., Any], *, skip_self: bool = False) -> str:
+    """``name(arg: Type = default, *, kw: Type, **rest: Any) -> Return`` as the
+    source writes it (annotations stay text under ``from __future__ import
+    annotations``), one parameter per line when it does not fit in 88 columns."""
+    sig = inspect.signature(function)
+    params, star_done = [], False
+    for i, p in enumerate(sig.parameters.values()):
+        if skip_self and i == 0:
+            continue
+        if p.kind is p.KEYWORD_ONLY and not star_done:
+            params.append("*")
+            star_done = True
+        text = {p.VAR_POSITIONAL: "*", p.VAR_KEYWORD: "**"}.get(p.kind, "") + p.name
+        if p.kind is p.VAR_POSITIONAL:
+            star_done = True
+        if p.annotation is not p.empty:
+            text += f": {_annotation(p.annotation)}"
+        if p.default is not p.empty:
+            text += f" = {_default_text(p.default)}" if p.annotation is not p.empty else f"={_default_text(p.default)}"
+        params.append(text)
+    returns = "" if sig.return_annotation is sig.empty else f" -> {_annotation(sig.return_annotation)}"
+    one_line = f"{name}({', '.join(params)}){returns}"
+    if len(one_line) <= 88:
+        return one_line
+    return f"{name}(\n" + "".join(f"    {p},\n" for p in params) + f"){returns}"
+
+
+def _api_links() -> dict[str, str]:
+    from foundry_track.run import Run
+
+    links = {"init": "#init", "foundry_track.init": "#init", "sync": "#sync", "foundry_track.sync": "#sync",
+             "Run": "#run", "foundry_track.Run": "#run"}
+    links.update({name: f"#run-{name.replace('_', '-')}" for name, _ in run_members(Run)})
+    return links
+
+
+def run_members(cls: type) -> list[tuple[str, Any]]:
+    """The public properties and methods of ``cls``, in the order the source defines them."""
+    return [(name, value) for name, value in vars(cls).items()
+            if not name.startswith("_") and (isinstance(value, property) or inspect.isfunction(value))]
+
+
+def _docstring(obj: Any, links: Mapping[str, str]) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return rst_to_markdown(doc, set(), links=links) if doc else ""
+
+
+def api_reference() -> str:
+    from foundry_track import start
+    from foundry_track.run import Run
+
+    links = _api_links()
+    out: list[str] = []
+    for public, function in (("init", start.init), ("sync", start.sync)):
+        out += [f"## `foundry_track.{public}()` {{ #{public} }}", "", "```python",
+                python_signature(f"foundry_track.{public}", function), "```", "",
+                _docstring(function, links), ""]
+    out += ["## `Run` { #run }", "", _docstring(Run, links), "",
+            "A `Run` is a context manager: `with foundry_track.init(...) as run:` calls "
+            "[`run.finish()`](#run-finish) when the block ends, with the status `success`, `failed` when the "
+            "block raised, or `killed` on `KeyboardInterrupt` and `SystemExit`.", ""]
+    for name, member in run_members(Run):
+        anchor = f"run-{name.replace('_', '-')}"
+        if isinstance(member, property):
+            returns = inspect.signature(member.fget).return_annotation if member.fget else inspect.Signature.empty
+            kind = "" if returns is inspect.Signature.empty else f": {_annotation(returns)}"
+            out += [f"### `run.{name}` {{ #{anchor} }}", "", "```python", f"run.{name}{kind}  # read-only",
+                    "```", ""]
+            out += [_docstring(member, links), ""] if member.__doc__ else []
+        else:
+            out += [f"### `run.{name}()` {{ #{anchor} }}", "", "```python",
+                    python_signature(f"run.{name}", member, skip_self=True), "```", ""]
+            out += [_docstring(member, links), ""] if member.__doc__ else []
     return "\n".join(out)
 
 
 GENERATORS: dict[str, Callable[..., str]] = {
+    "api-reference": api_reference,
     "tracking-config": tracking_config,
     "tracking-defaults": tracking_defaults,
     "backend-options": backend_options,
@@ -362,17 +529,81 @@ GENERATORS: dict[str, Callable[..., str]] = {
 }
 
 
+def generate(spec: str, where: str = "page") -> str:
+    """The Markdown of one generated part, ``spec`` being its name and argument."""
+    kind, _, argument = spec.partition(" ")
+    generator = GENERATORS.get(kind)
+    if generator is None:
+        raise DocsError(f"{where}: unknown marker 'generated: {kind}'; known: {', '.join(GENERATORS)}")
+    return generator(argument) if argument else generator()
+
+
+def _block(spec: str, body: str) -> str:
+    return (f"<!-- BEGIN generated: {spec} (from the code: {REGENERATE}) -->\n\n{body.strip(chr(10))}\n\n"
+            f"<!-- END generated: {spec} -->")
+
+
 def render(markdown: str, where: str = "page") -> str:
-    """Replace every marker in ``markdown`` with its generated text."""
+    """``markdown`` with every generated part regenerated from the code, and
+    every one-line marker expanded into a BEGIN/END block."""
+    markdown = MARKER.sub(lambda m: _block(m.group(1), ""), markdown)
+    rendered = BLOCK.sub(lambda m: _block(m.group("spec"), generate(m.group("spec"), where)), markdown)
+    stray = EDGE.findall(BLOCK.sub("", rendered))
+    if stray:
+        raise DocsError(f"{where}: a generated part's markers do not pair up: {stray[0]!r} (each "
+                        f"'<!-- BEGIN generated: NAME -->' needs its '<!-- END generated: NAME -->')")
+    return rendered
 
-    def replace(match: re.Match[str]) -> str:
-        kind, argument = match.group(1), match.group(2)
-        generator = GENERATORS.get(kind)
-        if generator is None:
-            raise DocsError(f"{where}: unknown marker 'generated: {kind}'; known: {', '.join(GENERATORS)}")
-        return generator(argument) if argument else generator()
 
-    return MARKER.sub(replace, markdown)
+def pages(root: Path = DOCS) -> list[Path]:
+    """Every Markdown page of the docs (the example distribution's build folder excluded)."""
+    return sorted(p for p in root.rglob("*.md") if "build" not in p.relative_to(root).parts)
+
+
+def drift(paths: Iterable[Path]) -> dict[Path, str]:
+    """Each page whose committed generated text differs from the code's, with a unified diff."""
+    found = {}
+    for path in paths:
+        committed = path.read_text(encoding="utf-8")
+        current = render(committed, str(path))
+        if current != committed:
+            found[path] = "".join(difflib.unified_diff(
+                committed.splitlines(keepends=True), current.splitlines(keepends=True),
+                f"{path} (committed)", f"{path} (from the code)", n=1))
+    return found
+
+
+def write(paths: Iterable[Path]) -> list[Path]:
+    """Regenerate the parts of ``paths`` in place; return the pages that changed."""
+    changed = []
+    for path in paths:
+        committed = path.read_text(encoding="utf-8")
+        current = render(committed, str(path))
+        if current != committed:
+            path.write_text(current, encoding="utf-8")
+            changed.append(path)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python docs/hooks.py", description=(
+        "Regenerate the reference parts of the docs from the code. With no page given, every docs/**/*.md."))
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--write", action="store_true", help="rewrite the pages whose generated parts changed")
+    action.add_argument("--check", action="store_true", help="exit 1, showing a diff, if a page would change")
+    parser.add_argument("pages", nargs="*", type=Path, help="Markdown pages (default: every page of docs/)")
+    args = parser.parse_args(argv)
+    targets = args.pages or pages()
+    if args.write:
+        for path in write(targets):
+            print(f"regenerated {path}")
+        return 0
+    drifted = drift(targets)
+    for diff in drifted.values():
+        sys.stdout.write(diff)
+    if drifted:
+        print(f"\n{len(drifted)} page(s) differ from the code: run `{REGENERATE}`", file=sys.stderr)
+    return 1 if drifted else 0
 
 
 # --------------------------------------------------------------------------- #
@@ -381,5 +612,8 @@ def render(markdown: str, where: str = "page") -> str:
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
-    return render(markdown, where=page.file.src_uri)
+    return unescape_table_code(render(markdown, where=page.file.src_uri))
 
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,21 +1,26 @@
 """The conformance kit (foundry_track.testing) against the built-in backends and
-the fault-injection recorder; broken backends reported with hook and case; and
-one test per hook, named after it, on the TensorBoard backend or the recorder
-(read back from their real output)."""
+the fault-injection recorder; broken backends reported with hook and case; the
+read-back, which catches a backend that returns from every hook and stores
+nothing; the report's parts, ran or skipped and why; and one test per hook,
+named after it, on the TensorBoard backend or the recorder (read back from
+their real output)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hp_metadata
 
@@ -23,7 +28,8 @@ import foundry_track as ft
 from foundry_track import hookspecs
 from foundry_track.media import digest_path, encode_png
 from foundry_track.plugins import discover, instantiate
-from foundry_track.testing import check_backend
+from foundry_track.testing import Stored, check_backend
+from foundry_track.testing.report import PARTS
 from tests.helpers.recorder import records
 from tests.helpers.tb import accumulator, scalars
 
@@ -48,8 +54,40 @@ def _tb(run: ft.Run) -> Any:
 # --------------------------------------------------------------------------- #
 
 
+def tensorboard_readback(identity: Mapping[str, str]) -> Stored:
+    """What a TensorBoard run directory holds, read with tensorboard's own event
+    file reader: every scalar (each copy), the params of every HParams session
+    start, the tags of images, histograms and texts, artifact notes and alert titles."""
+    metrics: list[tuple[int, str, float]] = []
+    params: dict[str, Any] = {}
+    media: set[str] = set()
+    artifacts: set[str] = set()
+    alerts: set[str] = set()
+    for path in sorted(Path(identity["log_dir"]).glob("events.out.tfevents.*")):
+        for event in LegacyEventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                plugin = value.metadata.plugin_data.plugin_name
+                if value.HasField("simple_value"):
+                    metrics.append((event.step, value.tag, value.simple_value))
+                elif plugin == hp_metadata.PLUGIN_NAME and value.tag == hp_metadata.SESSION_START_INFO_TAG:
+                    start = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    for key, hparam in start.session_start_info.hparams.items():
+                        params[key] = getattr(hparam, hparam.WhichOneof("kind"))
+                elif value.HasField("image") or value.HasField("histo"):
+                    media.add(value.tag)
+                elif plugin == "text" and value.tag.startswith("artifacts/"):
+                    artifacts.add(value.tag.removeprefix("artifacts/"))
+                elif plugin == "text" and value.tag == "alerts":
+                    title = re.match(r"\*\*[A-Z]+: (.*)\*\*\n", value.tensor.string_val[0].decode())
+                    assert title is not None
+                    alerts.add(title.group(1))
+                elif plugin == "text":
+                    media.add(value.tag)
+    return Stored(metrics=metrics, params=params, media=media, artifacts=artifacts, alerts=alerts)
+
+
 def test_tensorboard_passes_the_conformance_kit(tmp_path: Path) -> None:
-    report = check_backend("tensorboard", {}, tmp_path).assert_ok()
+    report = check_backend("tensorboard", {}, tmp_path, readback=tensorboard_readback).assert_ok()
     assert report.implemented == HOOKS
     called = {r.hook for r in report.results}
     assert LOG_HOOKS <= called  # every hook it implements was driven
@@ -58,9 +96,35 @@ def test_tensorboard_passes_the_conformance_kit(tmp_path: Path) -> None:
                  "metrics: a 10,000-row batch", "metrics: out-of-order and repeated steps", "finish twice",
                  "restart after a failed run: start with the saved identity"):
         assert case in report.cases
+    # Every part ran, the read-back after each, and TensorBoard stores everything the kit sends.
+    assert [(p.name, p.ran) for p in report.parts] == [(name, True) for name in PARTS]
+    read_back = report.part("read-back")
+    assert read_back is not None and read_back.note == (
+        "checked after the hook cases, the new run, its resume, the sync, the process-delivery run")
+    assert not [a for a in report.advice if "read-back" in a]
     # The 10,000 rows really reached the event file of the kit's run.
     log_dir = next((report.dir / "run").rglob("events.out.tfevents.*")).parent
     assert len([s for s, _ in scalars(log_dir)["train/loss"] if s >= 100]) == 10_000
+
+
+def test_the_tensorboard_readback_catches_a_lost_and_a_doubled_value(tmp_path: Path) -> None:
+    def lossy(identity: Mapping[str, str]) -> Stored:
+        held = tensorboard_readback(identity)
+        assert held.metrics is not None
+        rows = [row for row in held.metrics if row[:2] != (100, "train/loss")]
+        return Stored(metrics=[*rows, *[row for row in rows if row[:2] == (9, "train/loss")]],
+                      params=held.params, media=held.media)
+
+    report = check_backend("tensorboard", {}, tmp_path, readback=lossy, end_to_end=False)
+    assert len(report.problems) == 2, report.format()
+    missing = report.problems_with(case="read-back after the hook cases: metrics: a 10,000-row batch")
+    assert len(missing) == 1 and missing[0].hook == "tracker_log_metrics"
+    assert "does not hold 1 of the 10,000 metric value(s) this case sent: step 100 'train/loss' = 0.01" in missing[0].message
+    doubled = [p for p in report.problems if "more often than they were delivered" in p.message]
+    assert len(doubled) == 1 and "step 9 'train/loss' = 0.1 held 2 times, delivered once" in doubled[0].message
+    assert doubled[0].case == "read-back after the hook cases: metrics: out-of-order and repeated steps"
+    part = report.part("read-back")
+    assert part is not None and part.ran and part.note == "checked after the hook cases; not read back: artifacts, alerts"
 
 
 def test_recorder_passes_the_conformance_kit(tmp_path: Path, fault_plugins: Path) -> None:
@@ -137,11 +201,171 @@ def test_a_broken_backend_is_reported_with_hook_and_case(tmp_path: Path) -> None
     assert [p.case for p in report.problems_with(hook="tracker_finish")] == ["finish twice"]
     defaults = report.problems_with(hook="tracker_log_text", case="contract")
     assert defaults and "defaults (text)" in defaults[0].message
-    assert "end to end (a run selects backends by entry-point name: pass the name)" in report.skipped
+    e2e = report.part("end to end")
+    assert e2e is not None and not e2e.ran and "a run selects backends by entry-point name" in e2e.note
     with pytest.raises(AssertionError) as raised:
         report.assert_ok()
     assert "[metrics: NaN and inf] tracker_log_metrics: raised ValueError" in str(raised.value)
     assert "[finish twice] tracker_finish: raised RuntimeError" in str(raised.value)
+
+
+# --------------------------------------------------------------------------- #
+# The read-back: a hook that returns has not necessarily stored anything
+# --------------------------------------------------------------------------- #
+
+
+def memory_tracker(store: dict[str, dict[str, Any]], copies: int = 1, keep: bool = True) -> type:
+    """A tracker in memory: each run's data in ``store`` under the id its
+    ``tracker_start`` returns; ``copies`` of each metric value; ``keep=False``
+    stores nothing at all (and returns from every hook)."""
+
+    class Memory:
+        def __init__(self) -> None:
+            self.held: dict[str, Any] = {}
+
+        @ft.hookimpl
+        def tracker_start(self, run: Any, options: Any, resume_state: Mapping[str, str]) -> dict[str, str]:
+            run_id = resume_state.get("id", run.id)
+            self.held = store.setdefault(run_id, {"metrics": [], "params": {}, "media": [], "artifacts": [],
+                                                  "alerts": []})
+            return {"id": run_id}
+
+        @ft.hookimpl
+        def tracker_log_metrics(self, rows: Any) -> None:
+            for _ in range(copies if keep else 0):
+                self.held["metrics"] += [(row.step, key, value) for row in rows for key, value in row.values.items()]
+
+        @ft.hookimpl
+        def tracker_log_params(self, params: Any) -> None:
+            if keep:
+                self.held["params"].update(params)
+
+        @ft.hookimpl
+        def tracker_log_image(self, image: Any) -> None:
+            if keep:
+                self.held["media"].append(image.key)
+
+        @ft.hookimpl
+        def tracker_log_text(self, text: Any) -> None:
+            if keep:
+                self.held["media"].append(text.key)
+
+        @ft.hookimpl
+        def tracker_log_artifact(self, artifact: Any) -> None:
+            if keep:
+                self.held["artifacts"].append(artifact.name)
+
+        @ft.hookimpl
+        def tracker_alert(self, alert: Any) -> None:
+            if keep:
+                self.held["alerts"].append(alert.title)
+
+        @ft.hookimpl
+        def tracker_finish(self, status: Any, complete: bool) -> None:
+            pass
+
+    return Memory
+
+
+def test_a_backend_that_stores_everything_passes_the_read_back(tmp_path: Path) -> None:
+    store: dict[str, dict[str, Any]] = {}
+    report = check_backend(memory_tracker(store), {}, tmp_path, readback=lambda identity: store[identity["id"]])
+    assert report.assert_ok() and len(store) == 1
+    part = report.part("read-back")
+    assert part is not None and part.ran and part.note == "checked after the hook cases"
+
+
+def test_a_backend_that_drops_every_event_fails_the_kit_given_a_read_back(tmp_path: Path) -> None:
+    store: dict[str, dict[str, Any]] = {}
+    drops = memory_tracker(store, keep=False)
+    # Without a read-back every hook returned, so the kit finds nothing wrong;
+    # the report says what was not checked.
+    blind = check_backend(drops, {}, tmp_path / "blind").assert_ok()
+    part = blind.part("read-back")
+    assert part is not None and not part.ran and part.note.startswith("no readback= given")
+    assert "skipped  read-back: no readback= given" in blind.format()
+
+    report = check_backend(drops, {}, tmp_path / "read", readback=lambda identity: store[identity["id"]])
+    assert not report.ok
+    hooks = {p.hook for p in report.problems}
+    assert hooks == {"tracker_log_metrics", "tracker_log_params", "tracker_log_image", "tracker_log_text",
+                     "tracker_log_artifact", "tracker_alert"}
+    assert all(p.case.startswith("read-back after the hook cases: ") for p in report.problems)
+    (rows,) = report.problems_with(case="metrics: a 10,000-row batch")
+    assert "does not hold 10,000 of the 10,000 metric value(s) this case sent" in rows.message
+    assert report.problems_with(hook="tracker_log_params")[0].message == "the tracker holds no param 'lr'"
+    assert any(p.message == "the tracker holds no alert 'Diverged'" for p in report.problems)
+    # Data a backend may skip with a warning (unicode keys, NaN) is advice, not a problem.
+    assert any(a.startswith("read-back after the hook cases [metrics: NaN and inf] tracker_log_metrics")
+               for a in report.advice)
+    with pytest.raises(AssertionError, match=r"\[read-back after the hook cases: metrics: one row\] "
+                                             r"tracker_log_metrics: the tracker does not hold 2 of the 2"):
+        report.assert_ok()
+
+
+def test_a_backend_that_stores_each_value_twice_fails_the_read_back(tmp_path: Path) -> None:
+    store: dict[str, dict[str, Any]] = {}
+    report = check_backend(memory_tracker(store, copies=2), {}, tmp_path, readback=lambda i: store[i["id"]])
+    doubled = [p for p in report.problems if "more often than they were delivered" in p.message]
+    assert doubled and all(p.hook == "tracker_log_metrics" for p in doubled)
+    (one,) = [p for p in doubled if p.case.endswith(": metrics: one row")]
+    # The kit sent that row twice itself ("the same rows delivered again"): 4 copies are 2 too many.
+    assert "step 0 'train/lr' = 0.001 held 4 times, delivered 2 times" in one.message
+
+
+def test_a_read_back_that_fails_or_returns_the_wrong_shape_is_reported(tmp_path: Path) -> None:
+    store: dict[str, dict[str, Any]] = {}
+    backend = memory_tracker(store)
+
+    def broken(identity: Mapping[str, str]) -> Any:
+        raise KeyError("no such run")
+
+    (problem,) = check_backend(backend, {}, tmp_path / "a", readback=broken).problems
+    assert (problem.case, problem.hook) == ("read-back after the hook cases", None)
+    assert problem.message == "the read-back raised KeyError: 'no such run'" and "KeyError" in problem.details
+    (problem,) = check_backend(backend, {}, tmp_path / "b", readback=lambda i: {"rows": []}).problems
+    assert "unknown key(s) rows; a read-back returns metrics, params, media, artifacts, alerts" in problem.message
+    (problem,) = check_backend(backend, {}, tmp_path / "c", readback=lambda i: {"metrics": [("x",)]}).problems
+    assert "a metric item must be a (step, key, value) triple or a row with step and values" in problem.message
+    part = check_backend(backend, {}, tmp_path / "d", readback=broken).part("read-back")
+    assert part is not None and not part.ran and part.note == "the read-back was never asked: no part got far enough"
+
+
+def test_the_report_lists_every_part_and_why_one_was_skipped(tmp_path: Path) -> None:
+    store: dict[str, dict[str, Any]] = {}
+    report = check_backend(memory_tracker(store), {}, tmp_path / "class").assert_ok()
+    assert [(p.name, p.ran) for p in report.parts] == [
+        ("contract", True), ("hook cases", True), ("end to end", False), ("process delivery", False),
+        ("read-back", False)]
+    text = report.format()
+    for line in ("  ran      contract: 8 hook(s) implemented; the options validate",
+                 "  ran      hook cases: 32 calls on 3 instance(s): a new run, a restart after a failed run, "
+                 "a sync of a closed run",
+                 "  skipped  end to end: a run selects backends by entry-point name, and this backend was given as "
+                 "a class: pass the name of the installed distribution's entry point",
+                 "  skipped  read-back: no readback= given"):
+        assert line in text, text
+    assert text.splitlines()[0].endswith(f"parts run: contract, hook cases; files in {report.dir})")
+    assert "tracker_log_histogram (not implemented)" in report.skipped  # hooks and cases that did not apply
+
+    # Asked for explicitly, a part that cannot run is a problem, not a silent skip.
+    (problem,) = check_backend(memory_tracker(store), {}, tmp_path / "asked", end_to_end=True).problems
+    assert problem.case == "end to end" and problem.message.startswith("end_to_end=True, but the part cannot run")
+
+    tb = check_backend("tensorboard", {}, tmp_path / "tb", end_to_end=False)
+    assert [(p.name, p.ran, p.note) for p in tb.parts if not p.ran] == [
+        ("end to end", False, "end_to_end=False"), ("process delivery", False, "end_to_end=False"),
+        ("read-back", False, "no readback= given: the kit checked that the hooks return, not that the tracker "
+                             "holds what they received")]
+
+    class NoSdk:
+        @ft.hookimpl
+        def tracker_unavailable(self) -> str | None:
+            return "the 'nosdk' package is missing: pip install nosdk"
+
+    unavailable = check_backend(NoSdk, {}, tmp_path / "nosdk")
+    assert [(p.name, p.ran) for p in unavailable.parts] == [("contract", True)] + [(n, False) for n in PARTS[1:]]
+    assert unavailable.part("hook cases").note == "not run: the contract check failed (see the problems)"  # type: ignore[union-attr]
 
 
 def test_the_kit_drives_tracker_flush_and_hands_its_checkpoint_back_at_restart(tmp_path: Path) -> None:

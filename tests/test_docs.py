@@ -1,7 +1,9 @@
 """The docs stay honest (datasette style): the site builds with
-`mkdocs build --strict`, every hook is in the plugin guide with its exact
-signature and has a test named after it, every configuration field has a
-description and appears in the generated reference, every YAML example is a
+`mkdocs build --strict`, the reference parts committed into the Markdown are
+what the code generates (`python docs/hooks.py --write`), every hook is in the
+plugin guide with its exact signature and has a test named after it, every
+public member of `Run` is in the API reference, every configuration field has
+a description and appears in the generated reference, every YAML example is a
 valid configuration, and the Model Foundry W&B guide's troubleshooting list is
 answered."""
 
@@ -75,7 +77,8 @@ def _headings(page: Path, level: str = "h3") -> dict[str, str]:
 
 
 def test_mkdocs_build_strict_passes(site: Path) -> None:
-    for page in ("index.html", "quickstart/index.html", "configuration/index.html", "backends/tensorboard/index.html",
+    for page in ("index.html", "quickstart/index.html", "configuration/index.html", "api/index.html",
+                 "backends/tensorboard/index.html",
                  "reliability/index.html", "distributed/index.html", "performance/index.html",
                  "migrating/index.html", "troubleshooting/index.html", "plugins/tutorial/index.html",
                  "plugins/reference/index.html", "plugins/testing/index.html", "cli/index.html",
@@ -88,6 +91,85 @@ def test_mkdocs_build_strict_passes(site: Path) -> None:
 def test_an_unknown_marker_fails_the_build() -> None:
     with pytest.raises(docs_hooks.DocsError, match="unknown marker 'generated: nope'"):
         docs_hooks.render("text\n<!-- generated: nope -->\n", "page.md")
+    with pytest.raises(docs_hooks.DocsError, match="unknown marker 'generated: nope'"):
+        docs_hooks.render("<!-- BEGIN generated: nope -->\nold\n<!-- END generated: nope -->\n", "page.md")
+
+
+# --------------------------------------------------------------------------- #
+# The reference is committed, readable without a build, and cannot drift
+# --------------------------------------------------------------------------- #
+
+
+def test_the_committed_reference_is_what_the_code_generates() -> None:
+    """Change a docstring, a config field, a hook or a command's help and this
+    fails until `python docs/hooks.py --write` is run (and its diff committed)."""
+    drifted = docs_hooks.drift(docs_hooks.pages())
+    assert not drifted, (
+        f"generated parts of {', '.join(str(p.relative_to(ROOT)) for p in drifted)} differ from the code: "
+        f"run `python docs/hooks.py --write` and commit the result\n\n" + "".join(drifted.values())[:6000])
+
+
+def test_every_generated_part_is_committed_and_every_generator_is_used() -> None:
+    used: set[str] = set()
+    for page in docs_hooks.pages():
+        text = page.read_text()
+        assert not docs_hooks.MARKER.search(text), (
+            f"{page.relative_to(ROOT)} asks for a part that is not committed: run `python docs/hooks.py --write`")
+        for match in docs_hooks.BLOCK.finditer(text):
+            used.add(match.group("spec").split(" ")[0])
+            assert match.group("body").strip(), (page, match.group("spec"))
+    assert used == set(docs_hooks.GENERATORS)
+    # What a reader on a code host now sees, without a build:
+    assert "### `tracker_log_metrics(rows: Sequence[MetricRow]) -> None`" in (DOCS / "plugins" / "reference.md").read_text()
+    assert "$ foundry-track sync --help" in (DOCS / "cli.md").read_text()
+    assert "run.log_image(" in (DOCS / "api.md").read_text()
+
+
+def test_write_expands_a_marker_restores_a_hand_edit_and_check_reports_drift(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("# Page\n\n<!-- generated: tracking-defaults -->\n\nAfter.\n")
+    script = [sys.executable, str(DOCS / "hooks.py")]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*script, *args, str(page)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+    checked = run("--check")
+    assert checked.returncode == 1 and "run `python docs/hooks.py --write`" in checked.stderr
+    assert run("--write").returncode == 0
+    written = page.read_text()
+    assert written.startswith("# Page\n\n<!-- BEGIN generated: tracking-defaults (from the code: "
+                              "python docs/hooks.py --write) -->\n\n```yaml\ntracking:\n")
+    assert written.endswith("```\n\n<!-- END generated: tracking-defaults -->\n\nAfter.\n")
+    assert run("--check").returncode == 0 and docs_hooks.render(written) == written  # idempotent
+
+    page.write_text(written.replace("project:", "projekt:"))  # a hand edit inside the block
+    checked = run("--check")
+    assert checked.returncode == 1 and "-  projekt:" in checked.stdout and "+  project:" in checked.stdout
+    run("--write")
+    assert page.read_text() == written
+
+
+def test_unpaired_markers_fail() -> None:
+    with pytest.raises(docs_hooks.DocsError, match="do not pair up"):
+        docs_hooks.render("<!-- BEGIN generated: backends -->\nno end\n", "page.md")
+
+
+def test_help_in_the_cli_reference_is_the_same_on_every_python() -> None:
+    """Python 3.13 changed how an option's metavar is shown, and the width
+    follows the terminal: the committed help must not depend on either."""
+    reference = docs_hooks.cli_reference()
+    assert "-o, --output FILE" in reference and "-o FILE, --output FILE" not in reference
+    env_wide = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, 'docs'); import hooks; print(hooks.cli_reference())"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
+    assert env_wide.stdout.rstrip("\n") == reference.rstrip("\n")
+
+
+def test_a_pipe_in_a_table_cell_is_escaped_for_code_hosts_and_shown_plain_on_the_site(site: Path) -> None:
+    configuration = (DOCS / "configuration.md").read_text()
+    assert "| [`entity`](#entity) | `str \\| None` | `null` |" in configuration
+    page = (site / "configuration" / "index.html").read_text()
+    assert "<code>str | None</code>" in page and "\\|" not in _visible_text(site / "configuration" / "index.html")
 
 
 # --------------------------------------------------------------------------- #
@@ -120,6 +202,55 @@ def test_every_hook_is_in_the_plugin_guide_with_its_exact_signature(site: Path) 
     for name in hookspecs.__all__:
         summary = (getattr(hookspecs, name).__doc__ or "").strip().splitlines()[0]
         assert re.sub(r"``?", "", summary) in text, (name, summary)
+
+
+# --------------------------------------------------------------------------- #
+# The Python API: every public member of Run, with its signature and docstring
+# --------------------------------------------------------------------------- #
+
+
+def test_the_api_reference_documents_init_sync_and_every_public_member_of_run(site: Path) -> None:
+    import inspect
+
+    from foundry_track import start
+    from foundry_track.run import Run
+
+    nav = (ROOT / "mkdocs.yml").read_text()
+    assert "api.md" in nav
+    page = site / "api" / "index.html"
+    members = docs_hooks.run_members(Run)
+    names = {name for name, _ in members}
+    assert {"log", "log_params", "log_image", "log_histogram", "log_table", "log_text", "log_artifact", "alert",
+            "watch", "log_system_metrics", "finish"} <= names
+    h2, h3 = _headings(page, "h2"), _headings(page, "h3")
+    assert (h2.get("init"), h2.get("sync"), h2.get("run")) == ("foundry_track.init()", "foundry_track.sync()", "Run")
+    expected = [f"run.{name}" if isinstance(member, property) else f"run.{name}()" for name, member in members]
+    assert [text for hid, text in h3.items() if hid.startswith("run-")] == expected, "source order"
+    text = " ".join(_visible_text(page).split())
+    for name, member in members:
+        if isinstance(member, property):
+            continue
+        for parameter in list(inspect.signature(member).parameters)[1:]:
+            assert parameter in text, (name, parameter)
+        assert " ".join(docs_hooks.python_signature(f"run.{name}", member, skip_self=True).split()) in text
+    for function in (start.init, start.sync, *(m for _, m in members)):
+        doc = inspect.getdoc(function)
+        if doc:
+            summary = re.sub(r":\w+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], doc.splitlines()[0])
+            summary = re.sub(r"``?", "", summary)
+            assert " ".join(summary.split())[:40] in text, (function, summary)
+
+
+def test_the_python_signature_is_the_sources() -> None:
+    def f(a: int, b: str = "x", *args: object, c: float | None = None, **kw: object) -> None:
+        pass
+
+    def g(self: object, key: str, *, step: int | None = None) -> dict[str, int]:
+        return {}
+
+    assert docs_hooks.python_signature("f", f) == ('f(a: int, b: str = "x", *args: object, c: float | None = None, '
+                                                    '**kw: object) -> None')
+    assert docs_hooks.python_signature("run.g", g, skip_self=True) == "run.g(key: str, *, step: int | None = None) -> dict[str, int]"
 
 
 def _test_names() -> set[str]:
@@ -249,7 +380,7 @@ def test_every_builtin_backend_has_a_page_in_the_nav() -> None:
     for name in _builtin_backends():
         assert (DOCS / "backends" / f"{name}.md").is_file(), name
         assert f"backends/{name}.md" in nav, name
-        assert f"<!-- generated: backend-options {name} -->" in (DOCS / "backends" / f"{name}.md").read_text()
+        assert f"<!-- BEGIN generated: backend-options {name} " in (DOCS / "backends" / f"{name}.md").read_text()
 
 
 # --------------------------------------------------------------------------- #

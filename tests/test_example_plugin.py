@@ -6,6 +6,7 @@ the conformance kit, and its own tests pass."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -16,7 +17,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from foundry_track.journal import JOURNAL_FILE, Journal
 from foundry_track.media import digest_path
 from foundry_track.plugins import discover
 from foundry_track.testing import check_backend
+from foundry_track.testing.report import PARTS
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "foundry-track-jsonl"
 
@@ -223,10 +225,23 @@ def test_tracker_flush_checkpoint_makes_sync_after_sigkill_deliver_each_event_on
     assert lines[-1] == {"event": "finish", "status": "killed", "complete": True}
 
 
+def _example_readback() -> Callable[[Mapping[str, str]], Any]:
+    """The read-back the example's own tests give the kit (its events file, parsed)."""
+    spec = importlib.util.spec_from_file_location("foundry_track_jsonl_tests", EXAMPLE / "tests" / "test_jsonl.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.stored  # type: ignore[no-any-return]
+
+
 def test_it_passes_the_conformance_kit(jsonl_installed: Path, tmp_path: Path) -> None:
-    report = check_backend("jsonl", {}, tmp_path).assert_ok()
+    report = check_backend("jsonl", {}, tmp_path, readback=_example_readback()).assert_ok()
     assert report.implemented >= {"tracker_start", "tracker_log_metrics", "tracker_finish", "tracker_alert"}
     assert "foundry_track.sync" in {r.hook for r in report.results}
+    # Every part ran, the read-back after each: every event the kit sent is in the file, once.
+    assert [(p.name, p.ran) for p in report.parts] == [(name, True) for name in PARTS], report.format()
+    assert report.part("read-back").note == (  # type: ignore[union-attr]
+        "checked after the hook cases, the new run, its resume, the sync, the process-delivery run")
 
 
 def test_its_own_tests_pass(jsonl_dist: tuple[Path, Path], jsonl_installed: Path) -> None:

@@ -29,23 +29,32 @@ from foundry_track.events import (
     TableEvent,
     TextEvent,
 )
+from foundry_track.testing.readback import MAY_SKIP, MUST, Sent
 
 if TYPE_CHECKING:
     from foundry_track import Run
     from foundry_track.plugins import BackendHooks
 
-__all__ = ["Case", "Inputs", "log_every_kind", "new_run_cases", "restart_cases", "sync_cases", "write_inputs"]
+__all__ = ["Case", "Inputs", "log_every_kind", "new_run_cases", "note_metrics", "restart_cases", "sync_cases",
+           "write_inputs"]
 
 
 @dataclass(frozen=True)
 class Case:
     """One hook call: its name in the report, the hook, the call itself (made
-    with the backend's typed hooks), and what the backend must do."""
+    with the backend's typed hooks), what the backend must do, and what the
+    call sends (for the read-back)."""
 
     name: str
     hook: str
     call: Callable[[BackendHooks], object]
     hint: str = ""
+    payload: object = None
+
+    @property
+    def may_skip(self) -> bool:
+        """Data a backend may skip with one warning rather than store (see :data:`NO_RAISE`)."""
+        return NO_RAISE in self.hint
 
 
 NO_RAISE: Final = ("a backend must not raise for data it can receive: store it, or skip it with one "
@@ -62,35 +71,35 @@ def _start(name: str, run: RunInfo, options: Any, resume_state: Mapping[str, str
 
 
 def _params(name: str, params: Mapping[str, ParamValue], hint: str = "") -> Case:
-    return Case(name, "tracker_log_params", lambda h: h.log_params(params), hint)
+    return Case(name, "tracker_log_params", lambda h: h.log_params(params), hint, params)
 
 
 def _metrics(name: str, rows: list[MetricRow], hint: str = "") -> Case:
-    return Case(name, "tracker_log_metrics", lambda h: h.log_metrics(rows), hint)
+    return Case(name, "tracker_log_metrics", lambda h: h.log_metrics(rows), hint, rows)
 
 
 def _image(name: str, image: ImageEvent, hint: str = "") -> Case:
-    return Case(name, "tracker_log_image", lambda h: h.log_image(image), hint)
+    return Case(name, "tracker_log_image", lambda h: h.log_image(image), hint, image)
 
 
 def _histogram(name: str, histogram: HistogramEvent, hint: str = "") -> Case:
-    return Case(name, "tracker_log_histogram", lambda h: h.log_histogram(histogram), hint)
+    return Case(name, "tracker_log_histogram", lambda h: h.log_histogram(histogram), hint, histogram)
 
 
 def _table(name: str, table: TableEvent, hint: str = "") -> Case:
-    return Case(name, "tracker_log_table", lambda h: h.log_table(table), hint)
+    return Case(name, "tracker_log_table", lambda h: h.log_table(table), hint, table)
 
 
 def _text(name: str, text: TextEvent, hint: str = "") -> Case:
-    return Case(name, "tracker_log_text", lambda h: h.log_text(text), hint)
+    return Case(name, "tracker_log_text", lambda h: h.log_text(text), hint, text)
 
 
 def _artifact(name: str, artifact: ArtifactEvent, hint: str = "") -> Case:
-    return Case(name, "tracker_log_artifact", lambda h: h.log_artifact(artifact), hint)
+    return Case(name, "tracker_log_artifact", lambda h: h.log_artifact(artifact), hint, artifact)
 
 
 def _alert(name: str, alert: AlertEvent, hint: str = "") -> Case:
-    return Case(name, "tracker_alert", lambda h: h.alert(alert), hint)
+    return Case(name, "tracker_alert", lambda h: h.alert(alert), hint, alert)
 
 
 def _flush(name: str, hint: str = FLUSH) -> Case:
@@ -288,10 +297,17 @@ def sync_cases(info: RunInfo, options: Any, identity: Mapping[str, str]) -> list
 # --------------------------------------------------------------------------- #
 
 
-def log_every_kind(run: Run, root: Path, steps: range) -> dict[str, int]:
+def log_every_kind(run: Run, root: Path, steps: range, sent: Sent | None = None, case: str = "") -> dict[str, int]:
     """One short run with every kind of event the Run API makes; return what
-    ``finish`` left undelivered."""
-    run.log_params({"lr": 0.0005, "model": {"name": "tiny"}, "hf_token": "hidden", "seed": None})
+    ``finish`` left undelivered. What it logs is noted in ``sent`` (under
+    ``case``), as a backend receives it, for the read-back."""
+    from foundry_track.params import flatten, redact
+
+    note = sent if sent is not None else Sent()
+    params = {"lr": 0.0005, "model": {"name": "tiny"}, "hf_token": "hidden", "seed": None}
+    run.log_params(params)
+    for key, value in flatten(redact(params)).items():
+        note.param(key, value, case, MUST)
     for step in steps:
         values: dict[str, float | int] = {"train/loss": 1.0 / (step + 1), "train/ñandú": float(step),
                                           "train/count": step}
@@ -300,16 +316,32 @@ def log_every_kind(run: Run, root: Path, steps: range) -> dict[str, int]:
         if step == 6:
             values["train/grad_norm"] = math.inf
         run.log(values, step=step)
+        note_metrics(note, step, values, case)
     run.log({"train/loss": 0.75}, step=3)  # lower than steps already logged
+    note_metrics(note, 3, {"train/loss": 0.75}, case)
     run.log_text("notes/summary", "# Résumé\nall good 📉")
     run.log_table("eval/predictions", ["id", "text", "score"], [[1, "hola", 0.9], [2, "日本語", math.nan]])
     run.alert("Conformance", "an alert from the conformance kit", "warn")
     artifact = root / "e2e-artifact.txt"
     artifact.write_text("artifact body\n")
     run.log_artifact(artifact, type="dataset", name="e2e-artifact")
+    note.media_key("tracker_log_text", "notes/summary", case, MUST)
+    note.media_key("tracker_log_table", "eval/predictions", case, MUST)
+    note.alert("Conformance", case, MUST)
+    note.artifact("e2e-artifact", case, MUST)
     if importlib.util.find_spec("numpy") is not None:
         import numpy as np
 
         run.log_image("samples/noise", np.linspace(0.0, 1.0, 8 * 8 * 3).reshape(8, 8, 3), caption="noise")
         run.log_histogram("weights/w", np.linspace(-1.0, 1.0, 1000))
+        note.media_key("tracker_log_image", "samples/noise", case, MUST)
+        note.media_key("tracker_log_histogram", "weights/w", case, MUST)
     return run.finish()
+
+
+def note_metrics(sent: Sent, step: int, values: Mapping[str, float | int], case: str) -> None:
+    """Note one ``run.log`` call in ``sent``: NaN, inf and non-ASCII keys are
+    data a backend may skip with a warning (as in the hook cases)."""
+    for key, value in values.items():
+        plain = key.isascii() and (not isinstance(value, float) or math.isfinite(value))
+        sent.metric(step, key, value, case, MUST if plain else MAY_SKIP)

@@ -1,6 +1,8 @@
 """Steps 2 and 3 of the kit: driving a backend's hooks on a thread of their own
 with a deadline per call, and the end-to-end runs through ``foundry_track.init``
-and ``foundry_track.sync``, with thread and process delivery."""
+and ``foundry_track.sync``, with thread and process delivery; after each, the
+read-back (when the author gave one) compares what the tracker holds with what
+was sent."""
 
 from __future__ import annotations
 
@@ -22,17 +24,19 @@ from foundry_track.testing.cases import (
     Case,
     log_every_kind,
     new_run_cases,
+    note_metrics,
     restart_cases,
     sync_cases,
     write_inputs,
 )
 from foundry_track.testing.contract import Loaded
+from foundry_track.testing.readback import MAY_DROP, MAY_SKIP, MUST, ReadBack, Sent, compare, stored_from
 from foundry_track.testing.report import Checker
 
 if TYPE_CHECKING:
     from foundry_track.plugins import BackendHooks
 
-__all__ = ["HookThread", "drive_hooks", "end_to_end"]
+__all__ = ["HookThread", "ReadBackCheck", "drive_hooks", "end_to_end"]
 
 
 # --------------------------------------------------------------------------- #
@@ -92,6 +96,58 @@ class HookThread:
 
 
 # --------------------------------------------------------------------------- #
+# The read-back: what the tracker holds, against what was sent
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class ReadBackCheck:
+    """The author's read-back function, and where it was checked."""
+
+    function: ReadBack
+    checked: list[str] = field(default_factory=list)
+    not_read: dict[str, None] = field(default_factory=dict)  # what the tracker could not be asked, in order
+
+    def check(self, checker: Checker, case: str, identity: Mapping[str, str], sent: Sent, *, exact: bool,
+              where: str) -> None:
+        """Ask the tracker what it holds for the run ``identity`` names and report
+        what differs from ``sent`` (``exact``: each value held no more often than sent)."""
+        label = f"read-back after {where}"
+        try:
+            result = self.function(dict(identity))
+        except Exception as exc:  # noqa: BLE001 - the author's function, reported
+            checker.problem(label, None, f"the read-back raised {type(exc).__name__}: {exc}", traceback.format_exc())
+            return
+        try:
+            findings, not_read = compare(sent, stored_from(result), exact=exact,
+                                         implemented=checker.report.implemented)
+        except TypeError as exc:
+            checker.problem(label, None, f"the read-back's result cannot be read: {exc}")
+            return
+        self.checked.append(where)
+        self.not_read.update(dict.fromkeys(not_read))
+        for finding in findings:
+            if finding.advice:
+                checker.advise(f"{label} [{finding.case}] {finding.hook}: {finding.message}")
+            else:
+                checker.problem(f"{label}: {finding.case}", finding.hook, finding.message)
+
+    def note(self) -> str:
+        if not self.checked:
+            return "the read-back was never asked: no part got far enough"
+        text = f"checked after {', '.join(self.checked)}"
+        return text + (f"; not read back: {', '.join(self.not_read)}" if self.not_read else "")
+
+
+def _run_identity(name: str, run_dir: Path) -> dict[str, str]:
+    """What the backend's ``tracker_start`` returned for a run, as ``run.json`` keeps it."""
+    from foundry_track.rundir import read_run_file
+
+    identity = read_run_file(run_dir).get("backend_ids", {}).get(name) or {}
+    return {str(k): str(v) for k, v in identity.items()}
+
+
+# --------------------------------------------------------------------------- #
 # Step 2: every hook, on three instances
 # --------------------------------------------------------------------------- #
 
@@ -113,10 +169,20 @@ class _Saved:
         return {**self.identity, **self.checkpoint}
 
 
-def drive_hooks(checker: Checker, backend: Loaded) -> None:
+@dataclass
+class _Delivered:
+    """The cases one instance returned from without raising, and how many of
+    them came before the checkpoint of its last flush (None: no checkpoint)."""
+
+    cases: list[Case] = field(default_factory=list)
+    checkpointed: int | None = None
+
+
+def drive_hooks(checker: Checker, backend: Loaded, reader: ReadBackCheck | None = None) -> None:
     """A new run on a fresh instance; a restart with the identity it returned
     and the checkpoint of its last flush on a second; a sync with nothing to
-    deliver on a third."""
+    deliver on a third. Then the read-back, if given, of the run the first
+    instance started."""
     from foundry_track.plugins import BackendHooks, build_plugin_manager
 
     run_dir = checker.root / "run"
@@ -130,27 +196,63 @@ def drive_hooks(checker: Checker, backend: Loaded) -> None:
                    group="conformance-kit", config=config, dir=run_dir, resumed=False)
 
     saved = _Saved()
+    instances: list[_Delivered] = []
+    stopped: list[str] = []
 
     def instance(cases: list[Case]) -> bool:
         hooks = BackendHooks(build_plugin_manager({checker.name: backend.factory()}, trace=False), checker.name)
         thread = HookThread(hooks, checker.name)
+        delivered = _Delivered()
+        instances.append(delivered)
         try:
-            return _drive(checker, thread, hooks.implemented, cases, saved)
+            ok = _drive(checker, thread, hooks.implemented, cases, saved, delivered)
         finally:
             thread.close()
+        if not ok:
+            stopped.append("a hook did not return" if thread.hung else "tracker_start failed")
+        return ok
 
-    if not instance(new_run_cases(info, backend.options, files)):
+    calls = len(checker.report.results)
+    labels = ["a new run", "a restart after a failed run", "a sync of a closed run"]
+    ran = instance(new_run_cases(info, backend.options, files))
+    identity = dict(saved.identity)  # the run the read-back is asked about
+    if ran:
+        resumed = replace(info, resumed=True)
+        if instance(restart_cases(resumed, backend.options, saved.resume_state())):
+            instance(sync_cases(resumed, backend.options, saved.resume_state()))
+    done = f"{len(checker.report.results) - calls} calls on {len(instances)} instance(s): " + ", ".join(
+        labels[:len(instances)])
+    checker.part("hook cases", True, done + (f" (stopped: {stopped[0]})" if stopped else ""))
+    if reader is None:
         return
-    resumed = replace(info, resumed=True)
-    if not instance(restart_cases(resumed, backend.options, saved.resume_state())):
+    if not ran:
+        checker.skip(f"read-back of the hook cases ({stopped[0]})")
         return
-    instance(sync_cases(resumed, backend.options, saved.resume_state()))
+    reader.check(checker, "the hook cases", identity, _sent_by(instances), exact=True, where="the hook cases")
+
+
+def _sent_by(instances: list[_Delivered]) -> Sent:
+    """What the instances delivered. What an instance sent after the checkpoint
+    of its last flush may be gone once the next instance started with that
+    checkpoint (a real sync would offer it again); data a backend may skip with
+    a warning may be missing (advice)."""
+    sent = Sent()
+    for number, delivered in enumerate(instances):
+        restarted = number + 1 < len(instances)
+        for index, case in enumerate(delivered.cases):
+            if restarted and delivered.checkpointed is not None and index >= delivered.checkpointed:
+                level = MAY_DROP
+            else:
+                level = MAY_SKIP if case.may_skip else MUST
+            sent.add(case.hook, case.payload, case.name, level)
+    return sent
 
 
 def _drive(checker: Checker, thread: HookThread, implemented: frozenset[str], cases: list[Case],
-           saved: _Saved) -> bool:
+           saved: _Saved, delivered: _Delivered) -> bool:
     """Run the cases on one instance, noting its identity and checkpoints in
-    ``saved``; False if the instance is unusable."""
+    ``saved`` and the cases it returned from in ``delivered``; False if the
+    instance is unusable."""
     for case in cases:
         if case.hook not in implemented:
             if case.hook != "tracker_start":
@@ -173,6 +275,7 @@ def _drive(checker: Checker, thread: HookThread, implemented: frozenset[str], ca
                 checker.skip(f"the cases after {case.name!r} (tracker_start failed)")
                 return False
             continue  # a flush that raised keeps the previous checkpoint, as the journal does
+        delivered.cases.append(case)
         if case.hook == "tracker_start":
             identity = _identity(checker, case, call.result)
             if identity:  # the dispatcher saves a non-empty identity only
@@ -181,6 +284,7 @@ def _drive(checker: Checker, thread: HookThread, implemented: frozenset[str], ca
             checkpoint = _checkpoint(checker, case, call.result)
             if checkpoint is not None:
                 saved.checkpoint = checkpoint
+                delivered.checkpointed = len(delivered.cases) if checkpoint else None
     return True
 
 
@@ -215,9 +319,12 @@ def _checkpoint(checker: Checker, case: Case, result: object) -> dict[str, str] 
 # --------------------------------------------------------------------------- #
 
 
-def end_to_end(checker: Checker, raw_options: Mapping[str, Any]) -> None:
+def end_to_end(checker: Checker, raw_options: Mapping[str, Any], reader: ReadBackCheck | None = None) -> None:
     """A new run, its resume ending ``failed``, a sync that replays everything,
-    then a run with the backend in the delivery process."""
+    then a run with the backend in the delivery process; the read-back, if
+    given, after each."""
+    from foundry_track.params import flatten, redact
+
     cfg = {
         "project": "foundry-track-conformance", "run_name": "conformance-e2e",
         "tags": ["conformance", "ünïcode-tag"], "group": "conformance-kit",
@@ -225,19 +332,37 @@ def end_to_end(checker: Checker, raw_options: Mapping[str, Any]) -> None:
         "strict": True, "flush_timeout": checker.hook_timeout, "start_timeout": checker.hook_timeout,
     }
     case = "end to end: a new run through foundry_track.init (strict)"
-    made = _logged_run(checker, case, cfg, range(30),
-                       params={"lr": 0.001, "model": {"layers": 2}, "api_key": "hidden"})
+    params = {"lr": 0.001, "model": {"layers": 2}, "api_key": "hidden"}
+    sent = Sent()
+    for key, value in flatten(redact(params)).items():
+        sent.param(key, value, case, MUST)
+    checker.part("end to end", True, "a new run through foundry_track.init (strict)")
+    made = _logged_run(checker, case, cfg, range(30), sent=sent, params=params)
     if made is None or made[1] is None:
+        checker.part("process delivery", False, "not run: the end-to-end run failed")
         return
     run_dir = made[0]
     _check_delivered(checker, case, run_dir, made[1])
-    if not _resume_ending_failed(checker, cfg, run_dir):
+    _read_back(checker, reader, case, run_dir, sent, exact=True, where="the new run")
+    if not _resume_ending_failed(checker, cfg, run_dir, sent, reader):
+        checker.part("end to end", True, "a new run through foundry_track.init (strict); its resume failed")
+        checker.part("process delivery", False, "not run: the end-to-end resume failed")
         return
-    _sync_replays(checker, run_dir)
-    _in_a_delivery_process(checker, cfg)
+    _sync_replays(checker, run_dir, sent, reader)
+    checker.part("end to end", True, "a new run through foundry_track.init (strict), its resume ending "
+                 "failed, and foundry_track.sync replaying every event")
+    _in_a_delivery_process(checker, cfg, reader)
 
 
-def _resume_ending_failed(checker: Checker, cfg: Mapping[str, Any], run_dir: Path) -> bool:
+def _read_back(checker: Checker, reader: ReadBackCheck | None, case: str, run_dir: Path, sent: Sent, *,
+               exact: bool, where: str) -> None:
+    """The read-back of an end-to-end run, if one was given and the case went well so far."""
+    if reader is not None and not checker.report.problems_with(case=case):
+        reader.check(checker, case, _run_identity(checker.name, run_dir), sent, exact=exact, where=where)
+
+
+def _resume_ending_failed(checker: Checker, cfg: Mapping[str, Any], run_dir: Path, sent: Sent,
+                          reader: ReadBackCheck | None) -> bool:
     """Resume the run, log steps lower than its last, end it ``failed``; False if that went wrong."""
     import foundry_track
 
@@ -253,7 +378,9 @@ def _resume_ending_failed(checker: Checker, cfg: Mapping[str, Any], run_dir: Pat
 
         def resumed() -> dict[str, int]:
             for step in range(20, 40):  # 20..29 were logged before the "crash"
-                run.log({"train/loss": 1.0 / (step + 1), "train/ñandú": float(step)}, step=step)
+                values = {"train/loss": 1.0 / (step + 1), "train/ñandú": float(step)}
+                run.log(values, step=step)
+                note_metrics(sent, step, values, case)
             return run.finish("failed")
 
         undelivered = _guarded(checker, case, failures, resumed)
@@ -261,10 +388,11 @@ def _resume_ending_failed(checker: Checker, cfg: Mapping[str, Any], run_dir: Pat
     if undelivered is None:
         return False
     _check_delivered(checker, case, run_dir, undelivered)
+    _read_back(checker, reader, case, run_dir, sent, exact=True, where="its resume")
     return True
 
 
-def _sync_replays(checker: Checker, run_dir: Path) -> None:
+def _sync_replays(checker: Checker, run_dir: Path, sent: Sent, reader: ReadBackCheck | None) -> None:
     """``foundry_track.sync`` after the journal forgot every delivery: each event arrives again."""
     import foundry_track
     from foundry_track.journal import JOURNAL_FILE, Journal
@@ -297,30 +425,37 @@ def _sync_replays(checker: Checker, run_dir: Path) -> None:
         checker.problem(case, None, f"sync raised {type(box['error']).__name__}: {box['error']}", box["traceback"])
     elif box.get("left"):
         checker.problem(case, None, f"events left undelivered after sync: {box['left']}")
+    else:
+        # Every event was offered again: each must still be there, copies allowed.
+        _read_back(checker, reader, case, run_dir, sent, exact=False, where="the sync")
 
 
-def _in_a_delivery_process(checker: Checker, cfg: Mapping[str, Any]) -> None:
+def _in_a_delivery_process(checker: Checker, cfg: Mapping[str, Any], reader: ReadBackCheck | None) -> None:
     """The same run with ``tracking.delivery: process``: the backend in a fresh
     interpreter, found through its entry point, options sent as JSON."""
     case = "end to end: the backend in the delivery process (tracking.delivery: process)"
     errors: list[str] = []
+    sent = Sent()
     made = _logged_run(checker, case, {**cfg, "run_name": "conformance-e2e-process", "delivery": "process"},
-                       range(10), errors=errors)
+                       range(10), sent=sent, errors=errors)
     if any("not available in the delivery process" in message for message in errors):
-        checker.advise("With tracking.delivery: process the backend runs in a fresh interpreter, which did not "
-                       "find it: install it as a distribution (its entry point), or put it on PYTHONPATH.")
+        checker.part("process delivery", False, "the delivery process (a fresh interpreter) did not find the "
+                     "backend: install it as a distribution (its entry point), or put it on PYTHONPATH")
         return
+    checker.part("process delivery", True, "a run with tracking.delivery: process, the backend in a fresh "
+                 "interpreter")
     if made is None or made[1] is None:
         return
     _check_delivered(checker, case, made[0], made[1])
+    _read_back(checker, reader, case, made[0], sent, exact=True, where="the process-delivery run")
 
 
-def _logged_run(checker: Checker, case: str, cfg: Mapping[str, Any], steps: range, *,
+def _logged_run(checker: Checker, case: str, cfg: Mapping[str, Any], steps: range, *, sent: Sent,
                 errors: list[str] | None = None, **init_kwargs: Any) -> tuple[Path, dict[str, int] | None] | None:
     """A run through ``foundry_track.init`` that logs every kind of event at
     ``steps`` and finishes: (run dir, undelivered, or None if it raised), or
-    None when ``init`` itself failed. Error messages logged meanwhile are
-    added to ``errors``."""
+    None when ``init`` itself failed. What it logs is noted in ``sent``; error
+    messages logged meanwhile are added to ``errors``."""
     import foundry_track
 
     started = time.perf_counter()
@@ -333,7 +468,7 @@ def _logged_run(checker: Checker, case: str, cfg: Mapping[str, Any], steps: rang
             return None
         run_dir = run.dir
         assert run_dir is not None
-        undelivered = _guarded(checker, case, failures, lambda: log_every_kind(run, checker.root, steps))
+        undelivered = _guarded(checker, case, failures, lambda: log_every_kind(run, checker.root, steps, sent, case))
     checker.timed(case, "foundry_track.init", started)
     if errors is not None:
         errors.extend(logged)

@@ -1,15 +1,20 @@
 """What the conformance kit found: one :class:`Problem` per thing the backend got
-wrong, one :class:`CaseResult` per call, gathered in a :class:`ConformanceReport`."""
+wrong, one :class:`CaseResult` per call, one :class:`Part` per part of the check
+(ran, or skipped and why), gathered in a :class:`ConformanceReport`."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from foundry_track.errors import FoundryTrackError
 
-__all__ = ["CaseResult", "Checker", "ConformanceError", "ConformanceReport", "Problem"]
+__all__ = ["PARTS", "CaseResult", "Checker", "ConformanceError", "ConformanceReport", "Part", "Problem"]
+
+#: The parts of a check, in the order they run.
+PARTS: Final = ("contract", "hook cases", "end to end", "process delivery", "read-back")
 
 
 class ConformanceError(FoundryTrackError, AssertionError):
@@ -43,6 +48,18 @@ class CaseResult:
     ok: bool
 
 
+@dataclass(frozen=True)
+class Part:
+    """One part of the check: whether it ran, and what it did or why it was skipped."""
+
+    name: str
+    ran: bool
+    note: str
+
+    def __str__(self) -> str:
+        return f"{'ran' if self.ran else 'skipped':7}  {self.name}: {self.note}"
+
+
 @dataclass
 class ConformanceReport:
     """What :func:`check_backend` found. ``problems`` empty means the backend conforms."""
@@ -53,11 +70,20 @@ class ConformanceReport:
     results: list[CaseResult] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)  # worth fixing, not a contract violation
-    skipped: list[str] = field(default_factory=list)  # cases that did not apply, and why
+    skipped: list[str] = field(default_factory=list)  # hooks and cases that did not apply, and why
+    parts: list[Part] = field(default_factory=list)  # each part of the check: ran, or skipped and why
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def part(self, name: str) -> Part | None:
+        """The part called ``name`` (one of :data:`PARTS`), or None if the check never got to it."""
+        return next((p for p in self.parts if p.name == name), None)
+
+    @property
+    def skipped_parts(self) -> list[Part]:
+        return [p for p in self.parts if not p.ran]
 
     @property
     def cases(self) -> list[str]:
@@ -70,8 +96,10 @@ class ConformanceReport:
                 if (hook is None or p.hook == hook) and (case is None or case in p.case)]
 
     def format(self) -> str:
+        ran = [p.name for p in self.parts if p.ran]
         lines = [(f"backend {self.backend!r}: {len(self.problems)} problem(s) in {len(self.results)} hook calls "
-                  f"({len(self.cases)} cases; files in {self.dir})")]
+                  f"({len(self.cases)} cases; parts run: {', '.join(ran) or 'none'}; files in {self.dir})")]
+        lines += [f"  {part}" for part in self.parts]
         for problem in self.problems:
             lines.append(f"  - {problem}")
             if problem.details:
@@ -112,6 +140,12 @@ class Checker:
     def skip(self, text: str) -> None:
         if text not in self.report.skipped:
             self.report.skipped.append(text)
+
+    def part(self, name: str, ran: bool, note: str) -> None:
+        """Record that part ``name`` ran (what it did) or was skipped (why); the last word counts."""
+        assert name in PARTS, name
+        parts = [p for p in self.report.parts if p.name != name] + [Part(name, ran, note)]
+        self.report.parts[:] = sorted(parts, key=lambda p: PARTS.index(p.name))
 
     def result(self, case: str, hook: str, seconds: float, ok: bool) -> None:
         self.report.results.append(CaseResult(case, hook, seconds, ok))

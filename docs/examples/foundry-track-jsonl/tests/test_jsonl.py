@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import foundry_track
 from foundry_track.events import MetricRow, RunInfo
@@ -75,5 +75,25 @@ def test_a_restart_drops_what_was_written_after_the_checkpoint(tmp_path: Path) -
     assert lines[-1] == {"event": "finish", "status": "failed", "complete": True}
 
 
+def stored(identity: Mapping[str, str]) -> dict[str, Any]:
+    """What the events file of a run holds (`identity` is what tracker_start
+    returned): the conformance kit checks it against what it sent."""
+    lines = read(Path(identity["path"]))
+    params: dict[str, Any] = {}
+    for line in lines:
+        if line["event"] == "params":
+            params.update(line["params"])
+    return {
+        "metrics": [line for line in lines if line["event"] == "metrics"],  # rows with "step" and "values"
+        "params": params,
+        "media": [line["key"] for line in lines if line["event"] in ("image", "histogram", "table", "text")],
+        "artifacts": [line["name"] for line in lines if line["event"] == "artifact"],
+        "alerts": [line["title"] for line in lines if line["event"] == "alert"],
+    }
+
+
 def test_conformance(tmp_path: Path) -> None:
-    check_backend("jsonl", {}, tmp_path).assert_ok()
+    # With a read-back the kit checks that every event is in the file (once),
+    # not only that each hook returned.
+    report = check_backend("jsonl", {}, tmp_path, readback=stored).assert_ok()
+    assert all(part.ran for part in report.parts), report.format()
