@@ -37,9 +37,12 @@ What the dispatcher guarantees to every hook below:
   :class:`~foundry_track.events.MetricRow` time and step identify a row).
 - **Retries.** If a hook raises, the same events are offered again
   (with backoff for :class:`foundry_track.TransientError`, ``ConnectionError``,
-  ``TimeoutError`` and other ``OSError``; a few times for anything else), and
-  ``foundry-track sync`` offers them again in a later process. A hook that
-  partially wrote a batch before raising should be idempotent where it can.
+  ``TimeoutError`` and network ``OSError``; three times for anything else).
+  Events a backend still refuses after that are *set aside*: recorded in the
+  journal, shown by ``foundry-track show``, offered again by
+  ``foundry-track sync``, while the stream goes on (a refused batch of metrics
+  is split so that only the bad rows are set aside). A hook that partially
+  wrote a batch before raising should be idempotent where it can.
 - **Isolation.** An exception never reaches the training loop or another
   backend; it is reported once with the backend's name and traceback.
 
@@ -210,9 +213,16 @@ def tracker_start(
     ``resume_state`` later.
 
     Runs on the backend's worker thread, bounded by the run's
-    ``start_timeout``. If it raises or times out, the backend's events stay in
-    the journal for ``foundry-track sync`` and the run's ``fallback`` backend
-    is switched on.
+    ``start_timeout``. If it raises or times out, the run's ``fallback``
+    backend is switched on and the backend's events stay in the journal. A
+    transient failure (:class:`foundry_track.TransientError`, a connection
+    refused or reset, a timeout, a server error) is retried on the same
+    instance with backoff until ``finish()``; when the tracker answers, the
+    backend catches up from the journal and goes on live. So make a start
+    safe to call again after it raised: reuse what an earlier attempt created
+    (the remote run), rather than create another. Raise anything else (bad
+    credentials, invalid options) for a failure that waiting will not heal:
+    it is reported once and not retried; ``foundry-track sync`` delivers later.
     """
 
 
