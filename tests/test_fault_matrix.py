@@ -1,7 +1,8 @@
 """The fault matrix: a trainer logging 10 scalars per step to TensorBoard,
 MLflow (a real server), W&B (offline) and a buffered third-party backend is
 SIGKILLed at different moments — while the backends start, early and late in
-the run, right after a burst (mid-batch), during ``finish()`` — then
+the run, right after a burst (mid-batch), during ``finish()``, and the whole
+job at once (trainer, delivery process, the trackers' services) — then
 ``foundry-track sync RUN_DIR`` runs. Afterwards every backend holds exactly the
 journal's steps, each once, read back with each tracker's own reader, and the
 MLflow run is not left RUNNING.
@@ -62,6 +63,9 @@ CASES = [
     ("late", "steady", 4.0),
     ("mid-batch", "burst", "burst 600"),
     ("during finish", "finish", "finishing"),
+    # The whole job at once (a scheduler cancelling it): the trainer, its
+    # delivery process and the trackers' own service processes.
+    ("whole job", "steady", 3.0),
 ]
 
 
@@ -89,7 +93,7 @@ def _buffered_steps(out: Path) -> list[int]:
     return [json.loads(line)["step"] for line in out.read_text().splitlines()] if out.exists() else []
 
 
-def _kill_at(child: subprocess.Popen[str], moment: float | str) -> None:
+def _kill_at(child: subprocess.Popen[str], moment: float | str, *, group: bool = False) -> None:
     assert child.stdout is not None
     if isinstance(moment, float):
         time.sleep(moment)
@@ -100,7 +104,10 @@ def _kill_at(child: subprocess.Popen[str], moment: float | str) -> None:
         # "logging": 20 steps in, the backends still starting (W&B takes a second);
         # "finishing": inside finish(), delivering what is left, closing the backends.
         time.sleep(0.15 if moment == "logging" else 0.2 if moment == "finishing" else 0.0)
-    os.kill(child.pid, signal.SIGKILL)
+    if group:
+        os.killpg(child.pid, signal.SIGKILL)
+    else:
+        os.kill(child.pid, signal.SIGKILL)
     child.wait(timeout=30)
 
 
@@ -114,10 +121,10 @@ def test_sigkill_then_sync_leaves_every_backend_with_every_step_once(
                      "wandb": {"dir": str(tmp_path / "wandb")}, "buffered": {"out": str(tmp_path / "buffered.jsonl")}},
     }
     child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(config), mode], stdout=subprocess.PIPE,
-                             text=True)
+                             text=True, start_new_session=True)
     assert child.stdout is not None
     run_dir = Path(child.stdout.readline().strip())
-    _kill_at(child, moment)
+    _kill_at(child, moment, group=case == "whole job")
 
     result = subprocess.run([sys.executable, "-m", "foundry_track.cli", "sync", str(run_dir), "--timeout", "120"],
                             capture_output=True, text=True, timeout=240)
