@@ -4,7 +4,10 @@ guide's ``WandBLogger`` rebuilt on foundry_track.
 The W&B guide's ``WandBLogger`` called ``wandb`` directly. Here it is a thin
 layer over a foundry_track run: the same methods and arguments, but the
 events also reach TensorBoard (so the guide's code works offline and without
-an account), and ``log_metrics`` never waits on the network.
+an account), and ``log_metrics`` never waits on the network. The guide's
+direct ``wandb.log`` / ``wandb.log_artifact`` / ``wandb.alert`` calls go to
+the same run while a W&B-enabled ``WandBLogger`` or ``Trainer`` is open
+(:func:`start_run`, :mod:`foundry_track.integrations.wandb`).
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ if TYPE_CHECKING:
     import torch
     from typing_extensions import Self
 
-    from model_foundry.config import LoggingConfig
+    from model_foundry.config import ExperimentConfig, LoggingConfig
 
     _StreamHandler = logging.StreamHandler[TextIO]
 else:  # StreamHandler is subscriptable at runtime only from Python 3.11
     _StreamHandler = logging.StreamHandler
 
-__all__ = ["JsonFormatter", "WandBLogger", "setup_logging", "system_metrics"]
+__all__ = ["JsonFormatter", "WandBLogger", "setup_logging", "start_run", "system_metrics", "wandb_requested"]
 
 LOGGER_NAME = "model_foundry"
 _LOG_FILE_BYTES = 10 * 2**20  # a single run's file rolls over past this size too
@@ -172,13 +175,41 @@ def wandb_backend_problem() -> str | None:
     return info.problem
 
 
+def wandb_requested(config: ExperimentConfig) -> bool:
+    """Whether the experiment asks for W&B (``logging.use_wandb`` or a ``wandb`` backend),
+    whatever ``WANDB_MODE`` says: its direct ``wandb.*`` calls are then bridged."""
+    explicit = config.tracking.backends if config.tracking is not None else {}
+    return config.logging.use_wandb or "wandb" in explicit
+
+
+def start_run(cfg: TrackingConfig, *, resume: str | os.PathLike[str] | None = None,
+              wandb_calls: bool = False) -> foundry_track.Run:
+    """``foundry_track.init(cfg)``; with ``wandb_calls``, also bridge the ``wandb`` module.
+
+    The guide's direct calls (``wandb.log``, ``wandb.log_artifact``,
+    ``wandb.alert``, ``wandb.watch``) then go to this run, and through it to
+    every backend, until it finishes (:mod:`foundry_track.integrations.wandb`).
+    """
+    if not wandb_calls:
+        return foundry_track.init(cfg, resume=resume)
+    from foundry_track.integrations import wandb as wandb_bridge
+
+    return wandb_bridge.init(cfg, resume=resume)
+
+
 class WandBLogger:
     """Integration with Weights & Biases, through foundry_track.
 
     Same constructor and methods as the guide's class. The run goes to W&B
     when the ``wandb`` backend is installed (``WANDB_MODE=offline`` keeps it
-    local) and always to TensorBoard under ``runs/``. ``WANDB_MODE=disabled``
-    or ``enabled=False`` turns the logger into a no-op.
+    local) and always to TensorBoard under ``runs/``. While it is open, the
+    ``wandb`` module's own ``log``, ``log_artifact``, ``alert`` and ``watch``
+    go to the same run (and so to W&B *and* TensorBoard), as in the guide's
+    Advanced Features.
+
+    ``WANDB_MODE=disabled`` turns W&B off and nothing else, as in the trainer:
+    the run, the direct ``wandb.*`` calls included, goes to TensorBoard.
+    ``enabled=False`` turns the logger into a no-op.
     """
 
     def __init__(self, project: str, name: str, config: dict[str, Any],
@@ -191,20 +222,30 @@ class WandBLogger:
             tags: Optional tags for organizing runs
             enabled: Whether logging is enabled
         """
-        self.enabled = enabled and os.environ.get("WANDB_MODE", "").lower() != "disabled"
+        self.enabled = enabled
         self.run: foundry_track.Run | None = None
         self._step = 0
         if not self.enabled:
             return
         backends: dict[str, dict[str, Any]] = {"tensorboard": {}}
         problem = wandb_backend_problem()
-        if problem is None:
+        if os.environ.get("WANDB_MODE", "").lower() == "disabled":
+            _log.info("WANDB_MODE=disabled: W&B is off; logging to TensorBoard")
+        elif problem is None:
             backends["wandb"] = {}
         else:
             _log.warning("W&B is not available, logging to TensorBoard only: %s", problem.splitlines()[0])
-        self.run = foundry_track.init(TrackingConfig.model_validate(
-            {"project": project, "run_name": name, "tags": list(tags or []), "backends": backends}))
+        self.run = start_run(TrackingConfig.model_validate(
+            {"project": project, "run_name": name, "tags": list(tags or []), "backends": backends}), wandb_calls=True)
         self.run.log_params(config)
+
+    @property
+    def wandb(self) -> Any:
+        """The ``wandb`` module, as the guide's class kept it: its ``log``, ``log_artifact``,
+        ``alert`` and ``watch`` go to this logger's run while it is open."""
+        from foundry_track.integrations import wandb as wandb_bridge
+
+        return wandb_bridge.import_sdk()
 
     def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Log metrics (floats or 0-d tensors) at a global training step."""
@@ -231,6 +272,9 @@ class WandBLogger:
         """Finish the run: deliver what is queued (bounded by the tracking flush_timeout)."""
         if self.run is not None:
             self.run.finish()
+            from foundry_track.integrations import wandb as wandb_bridge
+
+            wandb_bridge.uninstall(self.run)
 
     def __enter__(self) -> Self:
         return self

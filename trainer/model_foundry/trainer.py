@@ -50,12 +50,14 @@ import foundry_track
 from foundry_track import TrackingConfig
 from foundry_track.distributed import reduce_metrics
 from foundry_track.events import Status
-from model_foundry.config import ConfigError, ExperimentConfig
+from model_foundry.config import ConfigError, ExperimentConfig, run_params
 from model_foundry.data import ByteDataset, decode, encode
 from model_foundry.logging_components import (
     set_console_hook,
     setup_logging,
+    start_run,
     system_metrics,
+    wandb_requested,
 )
 from model_foundry.model import GPT
 from model_foundry.progress import Progress
@@ -73,8 +75,8 @@ class _LogState:
     window_start: float  # perf_counter() at the last logged step: tokens/s and perf/* cover the steps since
     window_start_step: int
     data_time: float = 0.0  # seconds spent fetching batches in the window
-    first_loss: torch.Tensor | None = None
-    last_loss: torch.Tensor | None = None
+    first_loss: torch.Tensor | None = None  # the loss of this run's first step and of its last one
+    last_loss: torch.Tensor | None = None  # (kept as tensors: read once, at the end)
     val: dict[str, float] = field(default_factory=dict)
 
 
@@ -103,6 +105,9 @@ class Trainer:
             self.run.finish("failed")
             self._leave_process_group()
             raise
+        if config.logging.watch_model:
+            # Histograms of weights and gradients (the guide's watch_model), for every backend.
+            self.run.watch(self.model, log="all", log_freq=config.logging.watch_log_freq)
         self.checkpoint_dir = (self.run.dir if self.run.dir is not None else self._path("output") / config.experiment_name) / CHECKPOINT_DIR
         self.last_checkpoint: Path | None = None
         self.saved_step = self.step  # a resumed run's checkpoint already exists
@@ -145,12 +150,11 @@ class Trainer:
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if checkpoint is None:
             # Hyperparameters once per run (a resumed run keeps the ones it started with).
-            self.run.log_params(config.model_dump())
-            self.run.log_params({
-                "model/num_parameters": self.model.num_parameters(),
-                "data/train_bytes": len(self.data.train), "data/val_bytes": len(self.data.val),
-                "data/removed_sentences": self.data.removed_sentences,
-            })
+            self.run.log_params(run_params(config, self.run.config, {
+                "model": {"num_parameters": self.model.num_parameters()},
+                "data": {"train_bytes": len(self.data.train), "val_bytes": len(self.data.val),
+                         "removed_sentences": self.data.removed_sentences},
+            }))
 
     @property
     def tokens_per_step(self) -> int:
@@ -185,6 +189,9 @@ class Trainer:
 
                 with self.autocast:
                     _, loss = model(inputs, targets)
+                if log_state.first_loss is None:
+                    log_state.first_loss = loss.detach()
+                log_state.last_loss = loss.detach()
                 self.scaler.scale(loss).backward()
                 self.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                 grad_norm = nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip or math.inf)
@@ -203,6 +210,7 @@ class Trainer:
                 stopped = self._stop_now(step)  # after Ctrl-C or SIGTERM: stop cleanly, with a checkpoint
                 if stopped:
                     break
+            self._job_losses(log_state)
             status = "killed" if stopped else "success"
         except KeyboardInterrupt:  # a second Ctrl-C: stop at once; a half-done step is not saved
             status, consistent = "killed", False
@@ -219,14 +227,15 @@ class Trainer:
                   log_state: _LogState, progress: Progress) -> None:
         """The tracker's part of a training step, on the ``logging:`` block's schedule.
 
-        ``train/*`` (and ``perf/*``) every ``log_metrics_every_n_steps``;
-        ``val/*`` every ``log_detailed_metrics_every_n_steps`` and at the last
-        step; ``system/*`` every ``log_memory_every_n_steps``. Under torchrun
+        ``train/*`` (and ``perf/*``) every ``log_metrics_every_n_steps`` and
+        ``val/*`` every ``log_detailed_metrics_every_n_steps``, both also at
+        the last step (so a run shorter than the interval still has them);
+        ``system/*`` every ``log_memory_every_n_steps``. Under torchrun
         every rank calls it at every step: the metric reduction and the
         evaluation are collectives, so all ranks reach them together.
         """
         logging_config = self.config.logging
-        if step % logging_config.log_metrics_every_n_steps == 0:
+        if step % logging_config.log_metrics_every_n_steps == 0 or step == self.config.training.steps:
             self._log_train_metrics(step, loss, lr, grad_norm, log_state, progress)
         if step % logging_config.log_detailed_metrics_every_n_steps == 0 or step == self.config.training.steps:
             log_state.val = self.evaluate()
@@ -261,12 +270,16 @@ class Trainer:
             step_loss = metrics["train/loss"]
         # exp of the mean loss, not the mean of the ranks' perplexities.
         metrics["train/perplexity"] = step_loss.exp()
-        if log_state.first_loss is None:
-            log_state.first_loss = step_loss
-        log_state.last_loss = step_loss
         self.run.log(metrics, step=step)  # a no-op on ranks other than 0
         progress.update(step, step_loss, tokens_per_sec)
         log_state.window_start, log_state.window_start_step, log_state.data_time = now, step, 0.0
+
+    def _job_losses(self, log_state: _LogState) -> None:
+        """Under torchrun, the first and last step's losses become the mean over ranks
+        (a collective: every rank leaves the loop at the same step and calls it)."""
+        if self.world_size > 1 and log_state.first_loss is not None and log_state.last_loss is not None:
+            ends = reduce_metrics({"first": log_state.first_loss, "last": log_state.last_loss}, "mean")
+            log_state.first_loss, log_state.last_loss = ends["first"], ends["last"]
 
     def _stop_now(self, step: int) -> bool:
         """Ctrl-C or SIGTERM: stop cleanly after this step (under torchrun: at the
@@ -281,6 +294,7 @@ class Trainer:
             "steps": steps,
             "steps_per_sec": steps / elapsed if elapsed else 0.0,
             "tokens_per_sec": steps * self.tokens_per_step / elapsed if elapsed else 0.0,
+            # The loss of the first step trained and of the last one (not of logged steps only).
             "first_loss": float(log_state.first_loss) if log_state.first_loss is not None else None,
             "final_loss": float(log_state.last_loss) if log_state.last_loss is not None else None,
             "val_loss": log_state.val.get("val/loss"),
@@ -457,7 +471,8 @@ class Trainer:
                 resume = tracker["run_dir"]
             else:
                 log.warning("the checkpoint's tracker run %s is gone; starting a new run", tracker["run_dir"])
-        return foundry_track.init(cfg, resume=resume)
+        # With W&B asked for, the guide's direct wandb.* calls go to this run too.
+        return start_run(cfg, resume=resume, wandb_calls=wandb_requested(self.config))
 
     # ------------------------------------------------------------------ #
     # torchrun
@@ -512,11 +527,12 @@ class Trainer:
         return bool(flag.item())
 
     def _get_experiment_tags(self) -> list[str]:
-        """Tags for the run: the experiment, the model's shape, AMP."""
+        """Tags for the run: the experiment, the model's shape, and ``amp`` when mixed
+        precision runs (``training.use_amp`` on a CUDA device; it is ignored on the CPU)."""
         tags = [self.config.experiment_name]
         tags.append(f"layers-{self.config.model.layers}")
         tags.append(f"hidden-{self.config.model.hidden_size}")
-        if self.config.training.use_amp:
+        if self.config.training.use_amp and self.device.type == "cuda":
             tags.append("amp")
         return tags
 
