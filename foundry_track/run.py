@@ -140,7 +140,13 @@ class Run:
 
     @property
     def enabled(self) -> bool:
+        """False for a run of ``mode: disabled`` (or a non-zero rank's): its calls do nothing."""
         return self._journal is not None
+
+    @property
+    def finished(self) -> bool:
+        """True once :meth:`finish` ran (later log calls are ignored)."""
+        return self._finished
 
     @property
     def backend_ids(self) -> dict[str, dict[str, str]]:

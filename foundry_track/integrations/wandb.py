@@ -146,7 +146,7 @@ def installed_run() -> Run | None:
 
 def _finished(run: Run) -> bool:
     # A disabled run (no journal) is never "live" but stays installed: its calls are no-ops.
-    return run.enabled and bool(getattr(run, "_finished", False))
+    return run.enabled and run.finished
 
 
 def _patch(sdk: ModuleType) -> None:
