@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, Callable, Final, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Final, Iterator, Mapping, Sequence, cast
 
 import pluggy
 from pydantic import BaseModel, ConfigDict
@@ -91,43 +91,71 @@ def _env_list(name: str) -> set[str]:
 
 
 @lru_cache(maxsize=1)
-def _discover_cached() -> tuple[BackendInfo, ...]:
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    """The group's entry points by name, without loading them (a cheap scan)."""
     blocked = _env_list("FOUNDRY_TRACK_DISABLE_PLUGINS")
-    found: dict[str, BackendInfo] = {}
+    found: dict[str, metadata.EntryPoint] = {}
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in blocked or ep.name in found:
-            # First distribution on sys.path wins, like importlib itself.
-            continue
-        dist = getattr(ep, "dist", None)
-        dist_name = dist.metadata["Name"] if dist is not None else None
-        version = dist.version if dist is not None else None
-        try:
-            plugin = ep.load()
-        except Exception:  # noqa: BLE001 - a broken plugin must not stop the others
-            found[ep.name] = BackendInfo(
-                ep.name, ep.value, dist_name, version, None, traceback.format_exc(), None
-            )
-            continue
+        # First distribution on sys.path wins, like importlib itself.
+        if ep.name not in blocked and ep.name not in found:
+            found[ep.name] = ep
+    return found
+
+
+_loaded: dict[tuple[str, str], BackendInfo] = {}
+
+
+def _load(ep: metadata.EntryPoint) -> BackendInfo:
+    """Import one entry point and ask it whether it can run here (cached per process)."""
+    key = (ep.name, ep.value)
+    if key in _loaded:
+        return _loaded[key]
+    dist = getattr(ep, "dist", None)
+    dist_name = dist.metadata["Name"] if dist is not None else None
+    version = dist.version if dist is not None else None
+    try:
+        plugin = ep.load()
+    except Exception:  # noqa: BLE001 - a broken plugin must not stop the others
+        info = BackendInfo(ep.name, ep.value, dist_name, version, None, traceback.format_exc(), None)
+    else:
         try:
             unavailable = _call_static(plugin, "tracker_unavailable", ep.name)
         except PluginError as exc:
-            found[ep.name] = BackendInfo(ep.name, ep.value, dist_name, version, None, str(exc), None)
-            continue
-        found[ep.name] = BackendInfo(
-            ep.name, ep.value, dist_name, version, plugin, None, unavailable
-        )
-    return tuple(sorted(found.values(), key=lambda info: info.name))
+            info = BackendInfo(ep.name, ep.value, dist_name, version, None, str(exc), None)
+        else:
+            info = BackendInfo(ep.name, ep.value, dist_name, version, plugin, None, unavailable)
+    _loaded[key] = info
+    return info
 
 
-def discover(*, refresh: bool = False) -> dict[str, BackendInfo]:
+class _Backends(Mapping[str, BackendInfo]):
+    """The discovered backends by name; a backend's module is imported only when
+    its entry is looked up, so ``init`` imports the backends it uses and no others."""
+
+    def __init__(self, entry_points: Mapping[str, metadata.EntryPoint]) -> None:
+        self._entry_points = entry_points
+
+    def __getitem__(self, name: str) -> BackendInfo:
+        return _load(self._entry_points[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._entry_points))
+
+    def __len__(self) -> int:
+        return len(self._entry_points)
+
+
+def discover(*, refresh: bool = False) -> Mapping[str, BackendInfo]:
     """Every backend in the entry-point group, by name (cached per process).
 
-    ``FOUNDRY_TRACK_DISABLE_PLUGINS=a,b`` hides entry points by name, a kill
-    switch for a broken third-party plugin.
+    Looking a name up loads that backend only. ``FOUNDRY_TRACK_DISABLE_PLUGINS=a,b``
+    hides entry points by name, a kill switch for a broken third-party plugin.
     """
     if refresh:
-        _discover_cached.cache_clear()
-    return {info.name: info for info in _discover_cached()}
+        _entry_points.cache_clear()
+        _loaded.clear()
+        _static_manager.cache_clear()
+    return _Backends(_entry_points())
 
 
 def instantiate(info: BackendInfo) -> Any:
@@ -137,11 +165,17 @@ def instantiate(info: BackendInfo) -> Any:
     return info.plugin() if inspect.isclass(info.plugin) else info.plugin
 
 
-def _call_static(plugin: Any, hook_name: str, name: str) -> Any:
-    """Call a discovery hook on a freshly made plugin, checking the contract on the way."""
+@lru_cache(maxsize=None)
+def _static_manager(plugin: Any, name: str) -> pluggy.PluginManager:
+    """A PluginManager holding one fresh instance of ``plugin``, for its
+    discovery hooks (made once per plugin; the contract is checked on the way)."""
     obj = plugin() if inspect.isclass(plugin) else plugin
-    pm = build_plugin_manager({name: obj}, trace=False)
-    return getattr(pm.hook, hook_name)()
+    return build_plugin_manager({name: obj}, trace=False)
+
+
+def _call_static(plugin: Any, hook_name: str, name: str) -> Any:
+    """Call a discovery hook (``tracker_unavailable``, ``tracker_options_model``)."""
+    return getattr(_static_manager(plugin, name).hook, hook_name)()
 
 
 def options_model(info: BackendInfo) -> type[BaseModel]:
