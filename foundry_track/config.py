@@ -1,5 +1,6 @@
 """The ``tracking:`` block: pydantic models, YAML loading, environment overrides
-and secret redaction.
+and secret redaction; and the experiment files of the Model Foundry W&B guide,
+whose ``logging:`` shortcuts fill the tracking block (:func:`experiment_tracking`).
 
 Every error a user can make here ends in one :class:`ConfigError` whose message
 names the field, the value and the fix.
@@ -28,6 +29,12 @@ __all__ = [
     "redact",
     "flatten",
     "REDACTED",
+    "DEFAULT_EXPERIMENT_PROJECT",
+    "EXPERIMENT_KEYS",
+    "GUIDE_SHORTCUTS",
+    "experiment_tracking",
+    "from_experiment_file",
+    "is_experiment",
 ]
 
 
@@ -101,7 +108,11 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | TrackingCon
     """Build a :class:`TrackingConfig` from a YAML path, a dict or a model.
 
     A YAML file or dict may hold the block itself or a top-level ``tracking:``
-    key (the rest of an experiment config is then ignored). Environment
+    key. An experiment file (:func:`is_experiment`: the Model Foundry
+    trainer's ``experiment_name``, ``logging:`` or ``training:`` at the top)
+    is read as the trainer reads it (:func:`from_experiment_file`: its
+    ``logging:`` shortcuts such as ``use_wandb`` count); its other blocks are
+    the trainer's and are not read here. Environment
     overrides are applied last: ``FOUNDRY_TRACK_BACKENDS``, ``FOUNDRY_TRACK_MODE``,
     ``FOUNDRY_TRACK_DELIVERY``, ``FOUNDRY_TRACK_DIR``, ``FOUNDRY_TRACK_PROJECT``, ``FOUNDRY_TRACK_GROUP``,
     ``FOUNDRY_TRACK_RUN_NAME`` and ``FOUNDRY_TRACK_TAGS`` (appended).
@@ -121,6 +132,8 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | TrackingCon
             data = {}
         if not isinstance(data, Mapping):
             raise ConfigError(f"{origin}: expected a mapping of tracking options, got {type(data).__name__}")
+        if is_experiment(data):
+            return _apply_env(from_experiment_file(data, str(source) if isinstance(source, (str, os.PathLike)) else ""))
         if "tracking" in data:
             data = data["tracking"] or {}
             if not isinstance(data, Mapping):
@@ -159,3 +172,98 @@ def _apply_env(cfg: TrackingConfig) -> TrackingConfig:
         extra = [t.strip() for t in os.environ["FOUNDRY_TRACK_TAGS"].split(",") if t.strip()]
         cfg.tags = [*cfg.tags, *(t for t in extra if t not in cfg.tags)]
     return cfg
+
+
+# --------------------------------------------------------------------------- #
+# Experiment files: the Model Foundry W&B guide's `logging:` shortcuts
+# --------------------------------------------------------------------------- #
+#
+# An experiment YAML (configs/exp0_baseline.yaml) is more than a tracking
+# block: its `logging:` block carries the guide's W&B shortcuts and
+# `experiment_name` names the run. The trainer (model_foundry.config), `init`
+# and `foundry-track doctor` all turn it into a TrackingConfig here, so they
+# agree without the core importing the trainer.
+
+#: The project of an experiment whose file names none (``tracking.project`` or ``logging.wandb_project``).
+DEFAULT_EXPERIMENT_PROJECT: Final = "model-foundry"
+#: Top-level keys that make a file an experiment file (the trainer requires
+#: ``experiment_name``; ``logging:`` holds the shortcuts); none is a key of the tracking block.
+EXPERIMENT_KEYS: Final = ("experiment_name", "logging", "training")
+#: The ``logging:`` keys that reach the tracking block, with their types.
+GUIDE_SHORTCUTS: Final[Mapping[str, type]] = {"use_wandb": bool, "wandb_project": str, "wandb_entity": str}
+
+
+def is_experiment(data: Mapping[str, Any]) -> bool:
+    """Whether a YAML mapping is an experiment file (a top-level key of :data:`EXPERIMENT_KEYS`)
+    rather than a tracking block (or a file that only holds a ``tracking:`` key)."""
+    return any(key in data for key in EXPERIMENT_KEYS)
+
+
+def experiment_tracking(tracking: TrackingConfig | Mapping[str, Any] | None, *, experiment_name: str | None = None,
+                        logging: Mapping[str, Any] | None = None, origin: str = "") -> TrackingConfig:
+    """An experiment's tracking block: ``tracking`` as written, with the W&B guide's
+    ``logging:`` shortcuts and the experiment defaults filled in.
+
+    Precedence (highest wins): values written in ``tracking``; the shortcuts
+    (``use_wandb: true`` adds the ``wandb`` backend next to the others;
+    ``wandb_project`` / ``wandb_entity`` set the project and entity of every
+    backend); the defaults (project ``model-foundry``, run name =
+    ``experiment_name``). ``WANDB_MODE=disabled`` drops the ``wandb`` backend
+    (the others keep running). ``FOUNDRY_TRACK_*`` are applied later, by
+    :func:`load_config`, as for any config.
+
+    Only the keys of :data:`GUIDE_SHORTCUTS` are read from ``logging`` (the rest
+    are the trainer's, validated by it); a wrong type raises :class:`ConfigError`
+    naming ``logging.<key>``. ``origin`` (the file) starts error messages.
+    """
+    prefix = f"{origin}: " if origin else ""
+    shortcuts = _guide_shortcuts(logging or {}, prefix)
+    if isinstance(tracking, TrackingConfig):
+        explicit = tracking
+    else:
+        try:
+            explicit = TrackingConfig.model_validate(dict(tracking or {}))
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, TrackingConfig, f"{prefix}tracking")) from None
+    given = explicit.model_fields_set
+    values = explicit.model_dump()
+    backends = dict(values["backends"])
+    if shortcuts.get("use_wandb"):
+        backends.setdefault("wandb", {})
+    if "project" not in given:
+        values["project"] = shortcuts.get("wandb_project") or DEFAULT_EXPERIMENT_PROJECT
+    if "entity" not in given and shortcuts.get("wandb_entity"):
+        values["entity"] = shortcuts["wandb_entity"]
+    if "run_name" not in given and experiment_name:
+        values["run_name"] = experiment_name
+    # The guide's "disable W&B without changing the config". (WANDB_PROJECT and
+    # friends are applied by the W&B backend, to the W&B run only.)
+    if "wandb" in backends and os.environ.get("WANDB_MODE", "").lower() == "disabled":
+        del backends["wandb"]
+    values["backends"] = backends
+    return TrackingConfig.model_validate(values)
+
+
+def from_experiment_file(data: Mapping[str, Any], origin: str = "") -> TrackingConfig:
+    """:func:`experiment_tracking` of a whole experiment file, as YAML read it."""
+    tracking = data.get("tracking")
+    if tracking is not None and not isinstance(tracking, Mapping):
+        raise ConfigError(f"{origin + ': ' if origin else ''}tracking: expected a mapping, got {type(tracking).__name__}")
+    name = data.get("experiment_name")
+    return experiment_tracking(tracking, experiment_name=None if name is None else str(name),
+                               logging=data.get("logging"), origin=origin)
+
+
+def _guide_shortcuts(logging: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    if not isinstance(logging, Mapping):
+        raise ConfigError(f"{prefix}logging: expected a mapping, got {type(logging).__name__}")
+    found: dict[str, Any] = {}
+    for key, kind in GUIDE_SHORTCUTS.items():
+        value = logging.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kind):
+            wanted = "true or false" if kind is bool else "a string"
+            raise ConfigError(f"{prefix}logging.{key}: expected {wanted}, got {value!r}")
+        found[key] = value
+    return found

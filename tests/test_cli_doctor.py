@@ -322,3 +322,44 @@ def test_tracker_doctor_folders_share_the_disk_check(tmp_path: Path, monkeypatch
     assert "for the run folder" in disk["message"] and disk["level"] in ("warn", "error")
     [folder] = _find(report, "tensorboard", "folder")
     assert folder["level"] == "ok" and str(tmp_path / "tb") in folder["message"]
+
+
+# --------------------------------------------------------------------------- #
+# Experiment files: read as the trainer reads them
+# --------------------------------------------------------------------------- #
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["exp0_baseline.yaml", "experiment_with_wandb.yaml"])
+def test_an_experiment_file_is_read_as_the_trainer_reads_it(name: str, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The guide's files: `logging.use_wandb` adds W&B (it used to be ignored: "no problems found"),
+    and the trainer's blocks are not tracking keys (it used to fail on `tracking.experiment_name`)."""
+    from model_foundry.config import load_experiment
+
+    shutil.copy(REPO / "configs" / name, tmp_path / name)
+    code, report, text = _doctor(capsys, name)  # WANDB_MODE=offline (conftest): no network needed
+    assert code in (0, 1), text  # not 2: the file is a valid config
+    expected = load_experiment(name).tracking_config()
+    assert sorted({f["scope"] for f in report["findings"]} - {"general"}) == sorted(expected.backends)
+    assert "wandb" in expected.backends and _find(report, "wandb", "sdk")
+    [how] = [f for f in _find(report, "general", "config") if f["message"].startswith("experiment file")]
+    assert "logging.use_wandb: true" in how["message"] and f"project {expected.project!r}" in how["message"]
+    assert f"run name {expected.run_name!r}" in how["message"]
+    assert "'Not logged in': not applicable" not in text  # W&B is in the config's backends
+
+
+def test_wandb_mode_disabled_drops_wandb_from_an_experiment_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    shutil.copy(REPO / "configs" / "exp0_baseline.yaml", tmp_path / "exp0.yaml")
+    _, report, _ = _doctor(capsys, "exp0.yaml")
+    assert not _find(report, "wandb", "sdk") and _find(report, "tensorboard", "sdk") and _find(report, "mlflow", "sdk")
+
+
+def test_a_wrong_shortcut_type_in_an_experiment_file_is_bad_config(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "exp.yaml").write_text("experiment_name: x\nlogging:\n  use_wandb: maybe\n")
+    assert main(["doctor", "exp.yaml"]) == 2
+    assert "exp.yaml: logging.use_wandb: expected true or false, got 'maybe'" in capsys.readouterr().err

@@ -60,3 +60,45 @@ def test_log_dir_option_gives_one_folder_per_run(tmp_path: Path) -> None:
     log_dir = Path(run.backend_ids["tensorboard"]["log_dir"])
     assert log_dir == (tmp_path / "tb" / "g" / f"exp0-{run.id}").resolve()
     assert scalars(log_dir)["x"] == [(0, 1.0)]
+
+
+def _hparams_table(log_dirs: list[str]) -> tuple[list[str], dict[str, dict[str, object]]]:
+    """What TensorBoard's HParams dashboard shows for these runs, computed by its own plugin code:
+    the columns in its order (differing values first, then by name; the first five are shown) and
+    each run's stored values."""
+    from tensorboard.plugins.hparams import backend_context
+
+    from tests.helpers.tb import accumulator
+
+    contents = {d: accumulator(d).PluginTagToContent(hp_metadata.PLUGIN_NAME) for d in log_dirs}
+    context = backend_context.Context(None)
+    experiment = backend_context.api_pb2.Experiment(hparam_infos=context._compute_hparam_infos(contents))
+    backend_context._sort_and_reduce_to_hparams_limit(experiment)
+    values = {}
+    for d, tags in contents.items():
+        start = plugin_data_pb2.HParamsPluginData.FromString(tags[hp_metadata.SESSION_START_INFO_TAG])
+        values[d] = {k: getattr(v, v.WhichOneof("kind")) for k, v in start.session_start_info.hparams.items()}
+    return [info.name for info in experiment.hparam_infos], values
+
+
+def test_the_hparams_table_leads_with_what_is_trained(tmp_path: Path) -> None:
+    """The guide's runs side by side (the trainer logs its whole config): the logging and tracking
+    settings that differ between them used to fill TensorBoard's first columns; they are not
+    hyperparameters and stay out of the table (they are in the run's params everywhere else)."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    log_dirs = []
+    for name in ("quickstart.yaml", "exp0_baseline.yaml", "exp1_remove_expletives.yaml"):
+        config = yaml.safe_load((root / name).read_text())
+        with ft.init({"dir": str(tmp_path / "runs"), "run_name": name}, strict=True) as run:
+            run.log_params(config)  # the whole experiment file, as the guide's trainer logs `config.dict()`
+            run.log({"train/loss": 1.0}, step=1)
+        log_dirs.append(run.backend_ids["tensorboard"]["log_dir"])
+    columns, values = _hparams_table(log_dirs)
+    assert not [c for c in columns if c.startswith(("logging/", "tracking/"))], columns
+    shown = columns[:5]  # the columns TensorBoard displays without asking
+    assert all(c.startswith(("training/", "model/", "data/")) or c == "experiment_name" for c in shown), shown
+    # What differs between the runs comes first: the ablation's data filter, then model and training.
+    assert {"training/lr", "training/batch_size", "model/layers", "model/hidden_size"} <= set(columns[:13]), columns
+    assert values[log_dirs[1]]["training/lr"] == pytest.approx(6e-4)

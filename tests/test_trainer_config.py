@@ -21,10 +21,17 @@ GUIDE_LOGGING_FIELDS = [
 ]
 
 
-def test_logging_config_has_exactly_the_guides_fields_each_described() -> None:
-    assert list(LoggingConfig.model_fields) == GUIDE_LOGGING_FIELDS
+#: Not in the guide's block: the switch for the guide's `watch_model` (histograms).
+EXTRA_LOGGING_FIELDS = ["watch_model", "watch_log_freq"]
+GUIDE_CONFIGS = ["exp0_baseline.yaml", "exp1_remove_expletives.yaml", "exp2_remove_topic_shift.yaml",
+                 "experiment_with_wandb.yaml"]
+
+
+def test_logging_config_has_the_guides_fields_then_the_watch_switch_each_described() -> None:
+    assert list(LoggingConfig.model_fields) == GUIDE_LOGGING_FIELDS + EXTRA_LOGGING_FIELDS
     for name, field in LoggingConfig.model_fields.items():
         assert field.description and len(field.description) > 15, name
+    assert (LoggingConfig().watch_model, LoggingConfig().watch_log_freq) == (False, 100)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml") if p.name != "sweep_config.yaml"))
@@ -115,3 +122,44 @@ def test_wandb_mode_disabled_drops_only_the_wandb_backend(monkeypatch: pytest.Mo
     config = ExperimentConfig(experiment_name="x", logging={"use_wandb": True},
                               tracking={"backends": {"mlflow": {}, "wandb": {}}})
     assert config.tracking_config().backends == {"mlflow": {}}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml") if p.name != "sweep_config.yaml"))
+def test_init_doctor_and_the_trainer_read_an_experiment_file_alike(name: str) -> None:
+    """`foundry_track.init(path)` and `foundry-track doctor path` use the trainer's mapping of `logging:`."""
+    from foundry_track.config import load_config
+
+    assert load_config(REPO / "configs" / name) == load_experiment(REPO / "configs" / name).tracking_config()
+
+
+@pytest.mark.parametrize("name", GUIDE_CONFIGS)
+def test_the_guides_experiments_reach_wandb_tensorboard_and_a_local_mlflow(name: str) -> None:
+    raw = yaml.safe_load((REPO / "configs" / name).read_text())
+    assert raw["logging"]["use_wandb"] is True and raw["logging"]["wandb_project"]  # the guide's keys, as it shows them
+    backends = load_experiment(REPO / "configs" / name).tracking_config().backends
+    assert backends == {"tensorboard": {}, "mlflow": {"tracking_uri": "sqlite:///mlflow.db"}, "wandb": {}}
+
+
+def test_run_params_put_what_is_trained_first_and_show_values_as_written() -> None:
+    from model_foundry.config import run_params
+
+    from foundry_track.params import flatten
+
+    config = load_experiment(REPO / "configs" / "exp1_remove_expletives.yaml")
+    tracking = config.tracking_config()
+    params = flatten(run_params(config, tracking, {"model": {"num_parameters": 123}}))
+    keys = list(params)
+    assert [k.split("/")[0] for k in keys[:3]] == ["training"] * 3
+    blocks = list(dict.fromkeys(k.split("/")[0] for k in keys))
+    assert blocks == ["training", "model", "data", "experiment_name", "logging", "tracking"]
+    assert params["model/num_parameters"] == 123
+    written = (REPO / "configs" / "exp1_remove_expletives.yaml").read_text()
+    pattern = params["data/remove_sentences_matching"]
+    assert pattern == "[" + yaml.safe_load(written)["data"]["remove_sentences_matching"][0] + "]"
+    assert "\\\\" not in pattern and "\\b(hay|había" in pattern  # one backslash, as in the file (not a repr)
+    # The tracking settings in effect, not the tracking block's defaults.
+    assert params["tracking/project"] == "spanish-subject-drop" == tracking.project
+    assert params["tracking/backends"] == "[tensorboard, mlflow, wandb]"
+    assert params["tracking/tags"] == "[gpt2, spanish, ablation, remove-expletives]"
+    assert "training/resume_from" not in params  # unset values are left out
+

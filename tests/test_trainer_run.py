@@ -24,9 +24,29 @@ from model_foundry.config import ExperimentConfig
 from model_foundry.trainer import Trainer
 
 from tests.helpers.wandb_offline import read_offline_run
-from tests.test_trainer_guide import tensorboard_scalars, wandb_steps
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def tensorboard_scalars(root: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar under ``root`` (all event files), read with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for folder in sorted({p.parent for p in root.rglob("events.out.tfevents.*")}):
+        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return out
+
+
+def wandb_steps(run: Any) -> dict[int, dict[str, Any]]:
+    """History rows merged by training step (the W&B backend's x-axis is ``trainer/step``)."""
+    merged: dict[int, dict[str, Any]] = {}
+    for row in run.history:
+        merged.setdefault(row["trainer/step"], {}).update({k: v for k, v in row.items() if not k.startswith("_")})
+    return merged
 
 
 def tiny(tmp_path: Path, **sections: Any) -> dict[str, Any]:
@@ -227,3 +247,58 @@ def test_structured_log_files_rotate_and_disabled_tracking_checkpoints_under_out
     val = [r for r in records if r["message"].startswith("step 10: val loss")]
     assert len(val) == 1 and val[0]["step"] == 10 and val[0]["val/loss"] > 0
     assert records[-1]["summary"]["steps"] == 10
+
+
+# --------------------------------------------------------------------------- #
+# What a user looks at: histograms, tags, the summary, TensorBoard's HParams
+# --------------------------------------------------------------------------- #
+
+
+def test_watch_model_histograms_no_amp_tag_on_cpu_and_hparams_as_written(tmp_path: Path) -> None:
+    """`logging.watch_model` reaches TensorBoard as histograms; `use_amp` on the CPU is not tagged `amp`
+    (it trains in float32); a run whose length is not a multiple of the interval logs its last step;
+    the HParams session holds the hyperparameters, values as written in the YAML."""
+    from tensorboard.plugins.hparams import metadata as hp_metadata
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from foundry_track.history import load_run
+    from tests.helpers.tb import accumulator
+
+    config = tiny(tmp_path, training={"steps": 7, "use_amp": True, "device": "cpu"},
+                  data={"remove_sentences_matching": [r"\b(hay|había)\b"]},
+                  logging={"watch_model": True, "watch_log_freq": 5},
+                  tracking={"backends": {"tensorboard": {}}})
+    summary = Trainer(ExperimentConfig(**config), base_dir=tmp_path, progress=False).train()
+    run_dir = Path(summary["run_dir"])
+    assert "amp" not in load_run(run_dir).tags and "layers-2" in load_run(run_dir).tags
+
+    acc = accumulator(run_dir / "tensorboard")
+    histograms = acc.Tags()["histograms"]
+    assert any(t.startswith("parameters/") for t in histograms) and any(t.startswith("gradients/") for t in histograms)
+    assert [e.step for e in acc.Scalars("train/loss")] == [5, 7]  # the last step too
+
+    content = acc.PluginTagToContent(hp_metadata.PLUGIN_NAME)[hp_metadata.SESSION_START_INFO_TAG]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["data/remove_sentences_matching"].string_value == r"[\b(hay|había)\b]"
+    assert hparams["training/lr"].number_value == pytest.approx(0.01)
+    assert hparams["model/num_parameters"].number_value > 0  # logged with the config, in one session
+    assert not [k for k in hparams if k.startswith(("logging/", "tracking/"))]
+
+
+def test_without_watch_model_no_histograms(tmp_path: Path) -> None:
+    from tests.helpers.tb import accumulator
+
+    config = tiny(tmp_path, training={"steps": 5}, tracking={"backends": {"tensorboard": {}}})
+    summary = Trainer(ExperimentConfig(**config), base_dir=tmp_path, progress=False).train()
+    assert accumulator(Path(summary["run_dir"]) / "tensorboard").Tags()["histograms"] == []
+
+
+def test_first_and_final_loss_are_the_first_and_last_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One logged loss (5 steps, every 5): the first loss is still the untrained model's, at step 1."""
+    import math
+
+    monkeypatch.setenv("FOUNDRY_TRACK_MODE", "disabled")
+    summary = Trainer(ExperimentConfig(**tiny(tmp_path, training={"steps": 5})), base_dir=tmp_path,
+                      progress=False).train()
+    assert summary["first_loss"] == pytest.approx(math.log(256), abs=0.3)  # bytes, uniformly unsure
+    assert summary["final_loss"] < summary["first_loss"] - 0.2

@@ -2,7 +2,10 @@
 protos (not ``torch.utils.tensorboard``, whose import alone costs seconds).
 
 One ``Event`` per step holds all of that step's scalars; params become an
-HParams session so the run shows up in TensorBoard's HParams tab. Images,
+HParams session so the run shows up in TensorBoard's HParams tab (the
+hyperparameters: ``logging/*`` and ``tracking/*`` settings are left out, see
+``_protos.hparams``; TensorBoard shows only the first session a run writes,
+so log params in one call). Images,
 histograms and text use TensorBoard's own summaries; tables become markdown
 text, artifacts and alerts a text note (TensorBoard stores no files).
 """

@@ -8,7 +8,7 @@ import socket
 import struct
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Final, Mapping
 
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary, SummaryMetadata
@@ -70,9 +70,30 @@ def _hparams_event(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Event:
     return Event(wall_time=time.time(), step=0, summary=Summary(value=[_Value(tag=tag, metadata=meta)]))
 
 
+# The HParams table. TensorBoard (2.13+) orders its columns itself: those whose
+# values differ between the runs shown first, then by name, and it shows the
+# first five (a protobuf map keeps no order, so the order written is not what
+# the table shows). What the backend controls is what counts as a hyperparameter:
+# settings of how a run is logged (the Model Foundry trainer's `logging:` block
+# and the tracking settings in effect) differ between runs without being what
+# was trained, and pushed lr, batch size and model size out of the first
+# columns. They stay in the run's params everywhere else (`foundry-track show`,
+# W&B config, MLflow params). Among the rest, what is trained comes first.
+HPARAMS_LEFT_OUT: Final = ("logging/", "tracking/")
+HPARAMS_FIRST: Final = ("training/", "optimizer/", "model/")
+
+
+def hparams(params: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The params that go to the HParams table, training/optimizer/model keys first."""
+    kept = [(k, v) for k, v in params.items() if not k.startswith(HPARAMS_LEFT_OUT)]
+    return sorted(kept, key=lambda item: next((i for i, p in enumerate(HPARAMS_FIRST) if item[0].startswith(p)),
+                                              len(HPARAMS_FIRST)))
+
+
 def hparams_start(params: Mapping[str, Any]) -> Event:
+    """A session start with :func:`hparams` of ``params``; strings are written as they are."""
     info = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
-    for key, value in params.items():
+    for key, value in hparams(params):
         # bool before int/float: bool is an int in Python.
         if isinstance(value, bool):
             info.hparams[key].bool_value = value

@@ -3,7 +3,8 @@
 The general checks are here: the config, the proxy and TLS settings in
 effect, writable folders and free disk, and what earlier runs recorded
 (rate-limit errors, undelivered events). Then, for every backend in the
-config's ``tracking:`` block: is its plugin installed and loadable (with its
+config's ``tracking:`` block (an experiment file is read as the trainer reads
+it: the W&B guide's ``logging.use_wandb`` adds ``wandb``): is its plugin installed and loadable (with its
 SDK's version), are its options valid, and what the backend itself reports
 through its ``tracker_doctor`` hook (credentials, a reachable server, its
 folders). Each problem comes with its fix, and each check says which entry of
@@ -293,14 +294,35 @@ def _backend_checks(name: str, info: BackendInfo, options: Any, cfg: TrackingCon
 # --------------------------------------------------------------------------- #
 
 
+def _load(config: str | os.PathLike[str] | None) -> tuple[TrackingConfig, str | None]:
+    """The tracking block a run of ``config`` starts with, and how an experiment file gave it.
+
+    ``load_config`` reads an experiment file (the trainer's: ``experiment_name``,
+    ``logging:`` or ``training:`` at the top) as the trainer reads it: its
+    ``logging:`` shortcuts (``use_wandb``, ``wandb_project``...) count.
+    """
+    from foundry_track.config import GUIDE_SHORTCUTS, is_experiment, load_config, read_yaml
+
+    cfg = load_config(config)
+    data = read_yaml(config) if config is not None else None
+    if not isinstance(data, Mapping) or not is_experiment(data):
+        return cfg, None
+    logging = data.get("logging") or {}
+    mapped = [f"logging.{key}: {str(logging[key]).lower() if isinstance(logging[key], bool) else logging[key]}"
+              for key in GUIDE_SHORTCUTS if logging.get(key) is not None]
+    return cfg, (f"experiment file, read as the trainer reads it: its tracking block plus the W&B guide's logging "
+                 f"shortcuts ({', '.join(mapped) or 'none set'}); project {cfg.project!r}, run name {cfg.run_name!r}")
+
+
 def run_doctor(config: str | os.PathLike[str] | None, *, timeout: float = 3.0, min_free_gb: float = 1.0) -> Report:
     """Check the tracking setup of ``config`` (a YAML path; default: the built-in
     defaults plus environment overrides). Raises ConfigError for a bad config."""
-    from foundry_track.config import load_config
     from foundry_track.plugins import discover
 
-    cfg = load_config(config)
+    cfg, how = _load(config)
     report = Report(str(config) if config is not None else "(no config: defaults and FOUNDRY_TRACK_* env)")
+    if how:
+        report.add(DoctorCheck("general", "config", "info", how))
     names = list(cfg.backends)
     report.add(DoctorCheck("general", "config", "info", f"backends: {', '.join(names) or 'none'}; fallback: "
                            f"{cfg.fallback or 'none'}; run folder: {cfg.dir}; mode: {cfg.mode}"))
@@ -350,10 +372,11 @@ def add_parser(sub: Any) -> None:
         "and the summary answers the W&B guide's troubleshooting list (Not logged in, API key not found, "
         "hangs at init, rate limit, disk space, firewall, SSL). Exit 0: all fine; 1: problems found; "
         "2: bad config.",
-        "examples:\n  foundry-track doctor configs/exp0.yaml\n  foundry-track doctor --json --timeout 1",
+        "examples:\n  foundry-track doctor configs/exp0_baseline.yaml\n  foundry-track doctor --json --timeout 1",
         run)
-    p.add_argument("config", nargs="?", metavar="CONFIG", help="experiment YAML with a tracking: block "
-                   "(default: the defaults plus FOUNDRY_TRACK_* env)")
+    p.add_argument("config", nargs="?", metavar="CONFIG", help="a tracking block, or an experiment YAML read as the "
+                   "trainer reads it (tracking: plus the logging: shortcuts use_wandb, wandb_project, wandb_entity; "
+                   "default: the defaults plus FOUNDRY_TRACK_* env)")
     p.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds per network check (default 3)")
     p.add_argument("--min-free", type=float, default=1.0, metavar="GB", help="warn under this free disk (default 1)")
     p.add_argument("--json", action="store_true", help="print JSON")

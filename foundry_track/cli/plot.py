@@ -179,13 +179,8 @@ def plot_runs(
     for ax, panel in zip(axes, panels):
         for m_index, metric in enumerate(panel):
             for curve in per_metric[metric]:
-                color, style = colors[curve.label], styles[m_index % len(styles)]
                 label = f"{curve.label} · {metric}" if len(panel) > 1 else curve.label
-                ys = [v if math.isfinite(v) else math.nan for v in curve.y]
-                if smooth > 1:
-                    ax.plot(curve.x, ys, color=color, linestyle=style, alpha=0.25, linewidth=0.8, label=f"_raw {label}")
-                    ys = ema(ys, smooth) if smoothing == "ema" else moving_average(ys, smooth)
-                ax.plot(curve.x, ys, color=color, linestyle=style, linewidth=1.4, label=label)
+                _draw(ax, curve, label, colors[curve.label], styles[m_index % len(styles)], smooth, smoothing)
         ax.set_title(", ".join(panel), fontsize="medium")
         if log_y:
             ax.set_yscale("log")
@@ -195,6 +190,18 @@ def plot_runs(
     note = f" (smoothed: {smoothing} over {smooth} points)" if smooth > 1 else ""
     fig.suptitle((title or f"{len(paths)} run{'s' if len(paths) != 1 else ''}") + note, fontsize="medium")
     return fig, warnings
+
+
+def _draw(ax: Any, curve: _Curve, label: str, color: str, style: str, smooth: int, smoothing: Smoothing) -> None:
+    """One run's curve of one metric (with ``smooth``, the raw one faint behind it)."""
+    ys = [v if math.isfinite(v) else math.nan for v in curve.y]
+    # A line needs two points: a series of one (a run shorter than the logging
+    # interval, a single evaluation) is drawn as a dot, or it would be invisible.
+    marker = "o" if sum(1 for v in ys if not math.isnan(v)) == 1 else None
+    if smooth > 1:
+        ax.plot(curve.x, ys, color=color, linestyle=style, alpha=0.25, linewidth=0.8, label=f"_raw {label}")
+        ys = ema(ys, smooth) if smoothing == "ema" else moving_average(ys, smooth)
+    ax.plot(curve.x, ys, color=color, linestyle=style, linewidth=1.4, marker=marker, label=label)
 
 
 def _unknown_metrics(missing: Sequence[str], runs: Sequence[Path]) -> str:

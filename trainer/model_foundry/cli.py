@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from model_foundry.config import ConfigError, ExperimentConfig, load_experiment
+from model_foundry.progress import printable
 
 if TYPE_CHECKING:
     from model_foundry.trainer import Trainer
@@ -159,10 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\ninterrupted after step {trainer.step}; resume with --resume {summary['checkpoint']}", file=sys.stderr)
         return 130
     if args.sample:
-        print(f"\nsample: {trainer.sample(length=args.sample)!r}")
-    print(f"\nfirst loss {summary['first_loss']:.3f} -> final loss {summary['final_loss']:.3f}, "
-          f"val loss {summary['val_loss']:.3f}, {summary['tokens_per_sec']:,.0f} tokens/s"
-          if summary["final_loss"] is not None else "\nnothing to train: the checkpoint is already at training.steps")
+        # The model writes bytes: control characters are shown escaped, never sent to the terminal.
+        sample = printable(trainer.sample(length=args.sample)).replace("\n", "\n        ")
+        print(f"\nsample: {sample}")
+    print("\n" + _result_line(summary))
     print(f"checkpoint: {summary['checkpoint']}")
     print(f"log file:   {summary['log_file']}")
     if summary["run_dir"]:
@@ -170,6 +171,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for hint in _viewer_hints(trainer):
             print(hint)
     return 0
+
+
+def _result_line(summary: dict[str, Any]) -> str:
+    """``first loss 5.545 -> final loss 2.310 over 400 steps, val loss 2.401, 41,000 tokens/s``
+    (the losses of the first and the last step trained)."""
+    if not summary["steps"]:
+        return "nothing to train: the checkpoint is already at training.steps"
+    parts = [f"first loss {summary['first_loss']:.3f} -> final loss {summary['final_loss']:.3f} "
+             f"over {summary['steps']:,} step{'s' if summary['steps'] != 1 else ''}"]
+    if summary["val_loss"] is not None:
+        parts.append(f"val loss {summary['val_loss']:.3f}")
+    parts.append(f"{summary['tokens_per_sec']:,.0f} tokens/s")
+    return ", ".join(parts)
 
 
 def _viewer_hints(trainer: Trainer) -> list[str]:
@@ -182,8 +196,11 @@ def _viewer_hints(trainer: Trainer) -> list[str]:
     if "mlflow" in backend_ids:
         uri = mlflow.get("tracking_uri") or "mlruns"
         hints.append(f"MLflow:      mlflow ui --backend-store-uri {uri}")
-    if "wandb" in backend_ids:
-        hints.append("W&B:         the run page is printed by wandb (offline runs: `wandb sync` the folder under wandb/)")
+    wandb_id = backend_ids.get("wandb") or {}
+    if wandb_id.get("url"):
+        hints.append(f"W&B:         {wandb_id['url']}")
+    elif wandb_id.get("mode") == "offline" and wandb_id.get("dir"):  # the folder W&B really wrote
+        hints.append(f"W&B:         wandb sync {os.path.relpath(wandb_id['dir'])}")
     return hints
 
 

@@ -27,6 +27,10 @@ Where the tracker settings come from (highest wins)
    entity (every backend uses them: the W&B project, the MLflow experiment).
 4. Defaults: project ``model-foundry``, run name = ``experiment_name``,
    TensorBoard as the local backend.
+
+Steps 2-4 are :func:`foundry_track.config.experiment_tracking`, shared with
+``foundry_track.init("configs/exp0_baseline.yaml")`` and ``foundry-track
+doctor CONFIG``, so all three read an experiment file alike.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -47,7 +52,7 @@ from pydantic import (
 
 import foundry_track
 from foundry_track import TrackingConfig
-from foundry_track.config import read_yaml
+from foundry_track.config import DEFAULT_EXPERIMENT_PROJECT, GUIDE_SHORTCUTS, experiment_tracking, read_yaml
 from foundry_track.errors import format_validation_error
 
 __all__ = [
@@ -60,9 +65,10 @@ __all__ = [
     "TrainingConfig",
     "apply_overrides",
     "load_experiment",
+    "run_params",
 ]
 
-DEFAULT_PROJECT = "model-foundry"
+DEFAULT_PROJECT = DEFAULT_EXPERIMENT_PROJECT
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -162,6 +168,9 @@ class LoggingConfig(_Block):
     profile_performance: bool = Field(default=False, description="Also log perf/* timings with the train metrics: time per step, data loading time and its fraction.")
     log_memory_every_n_steps: int = Field(default=100, ge=1, description="Log system/* metrics (process RSS, CUDA memory) every N steps.")
     max_log_files: int = Field(default=10, ge=1, description="Log files kept per experiment; the oldest is deleted when a run starts a new one.")
+    # Not in the guide's block: its trainer calls `watch_model` itself; here it is a switch.
+    watch_model: bool = Field(default=False, description="Log histograms of the model's weights and gradients (`parameters/*`, `gradients/*`; the guide's `watch_model`) to every backend, every `watch_log_freq` forward passes.")
+    watch_log_freq: int = Field(default=100, ge=1, description="With `watch_model`: forward passes between histograms (training steps; evaluation batches count too).")
 
     @field_validator("console_level", "file_level", mode="before")
     @classmethod
@@ -191,25 +200,56 @@ class ExperimentConfig(_Block):
             raise ConfigError(format_validation_error(exc, type(self), sep="; ")) from None
 
     def tracking_config(self) -> TrackingConfig:
-        """The tracking block foundry_track receives, with the precedence in the module docstring."""
-        explicit = self.tracking or TrackingConfig.model_validate({})
-        given = explicit.model_fields_set
-        values = explicit.model_dump()
-        backends = dict(values["backends"])
-        if self.logging.use_wandb:
-            backends.setdefault("wandb", {})
-        if "project" not in given:
-            values["project"] = self.logging.wandb_project or DEFAULT_PROJECT
-        if "entity" not in given and self.logging.wandb_entity:
-            values["entity"] = self.logging.wandb_entity
-        if "run_name" not in given:
-            values["run_name"] = self.experiment_name
-        # The guide's "disable W&B without changing the config". (WANDB_PROJECT and
-        # friends are applied by the W&B backend, to the W&B run only.)
-        if "wandb" in backends and os.environ.get("WANDB_MODE", "").lower() == "disabled":
-            del backends["wandb"]
-        values["backends"] = backends
-        return TrackingConfig.model_validate(values)
+        """The tracking block foundry_track receives, with the precedence in the module docstring.
+
+        The mapping is :func:`foundry_track.config.experiment_tracking`, which
+        ``foundry_track.init(path)`` and ``foundry-track doctor`` apply to the same file.
+        """
+        return experiment_tracking(self.tracking, experiment_name=self.experiment_name,
+                                   logging=self.logging.model_dump(include=set(GUIDE_SHORTCUTS)))
+
+
+# --------------------------------------------------------------------------- #
+# The run's params
+# --------------------------------------------------------------------------- #
+
+#: The blocks of the run's params, in the order trackers list them: what is trained first.
+PARAM_ORDER = ("training", "model", "data", "experiment_name", "logging")
+
+
+def run_params(config: ExperimentConfig, tracking: TrackingConfig,
+               extra: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """What the trainer logs as the run's params (``run.log_params`` flattens it to ``training/lr``...).
+
+    The hyperparameters that matter come first (``training``, ``model``, then
+    ``data``), then the experiment's name, its ``logging:`` block and the
+    tracking settings *in effect* (``tracking``: the ``logging:`` shortcuts and
+    ``FOUNDRY_TRACK_*`` applied: the project the run really went to, not the
+    ``tracking:`` block's default). ``extra`` adds values per block
+    (``{"model": {"num_parameters": ...}}``). Lists are written as in the YAML
+    file (``[gpt2, spanish]``, ``['\\b(hay|había)\\b']``), not as Python reprs.
+    """
+    dumped = config.model_dump(mode="json", exclude={"tracking"})
+    params: dict[str, Any] = {}
+    for block in PARAM_ORDER:
+        value = dumped[block]
+        if isinstance(value, dict):
+            value = {**value, **(extra or {}).get(block, {})}
+        params[block] = _as_written(value)
+    params["tracking"] = _as_written({
+        "project": tracking.project, "entity": tracking.entity, "group": tracking.group,
+        "run_name": tracking.run_name, "tags": tracking.tags, "backends": list(tracking.backends),
+    })
+    return params
+
+
+def _as_written(value: Any) -> Any:
+    """Lists as YAML flow sequences (what the config file shows); None entries of a block dropped."""
+    if isinstance(value, dict):
+        return {k: _as_written(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return yaml.safe_dump(list(value), default_flow_style=True, allow_unicode=True, width=10**9).strip()
+    return value
 
 
 # --------------------------------------------------------------------------- #
