@@ -113,7 +113,10 @@ def test_runs_counts_match_the_journal(tmp_path: Path, fault_plugins: Path) -> N
         assert set(row["backends"]) == set(positions)
         for backend, pos in positions.items():
             b = row["backends"][backend]
-            assert (b["delivered"], b["pending"], b["errors"]) == (pos["seq"], last - pos["seq"], pos["errors"])
+            # Events a backend refused for good are set aside behind its position: pending, not delivered.
+            aside = b["set_aside"]
+            assert (b["delivered"], b["pending"], b["errors"]) == (pos["seq"] - aside, last - pos["seq"] + aside,
+                                                                   pos["errors"])
     faulty = listed["faulty"]["backends"]
     assert faulty["hanging"]["pending"] == listed["faulty"]["events"] > 0  # it acknowledged nothing
     assert faulty["raising"]["errors"] >= 1 and faulty["raising"]["pending"] > 0
@@ -221,6 +224,32 @@ def test_show_links_the_mlflow_run(tmp_path: Path, mlflow_server: Any) -> None:
     assert link in _cli("show", str(run_dir)).stdout
 
 
+def test_show_a_trainer_run_keys_read_alike_and_the_project_is_the_runs(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The guide's shortcut `logging.wandb_project` sets the run's project: show must not print the
+    tracking block's default as `tracking/project`; every key is written `a/b`, in logged order."""
+    from model_foundry.config import ExperimentConfig
+    from model_foundry.trainer import Trainer
+
+    from tests.test_trainer_run import tiny
+
+    config = tiny(tmp_path, training={"steps": 5}, logging={"wandb_project": "spanish-subject-drop"},
+                  tracking={"backends": {"tensorboard": {"flush_secs": 2}}})
+    del config["tracking"]["project"]
+    summary = Trainer(ExperimentConfig(**config), base_dir=tmp_path, progress=False).train()
+    assert main(["show", summary["run_dir"], "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["run"]["project"] == "spanish-subject-drop" == shown["params"]["tracking/project"]
+    keys = [*shown["params"], *shown["backend_options"]]
+    assert [k for k in keys if "." in k] == [], keys
+    assert shown["backend_options"]["tracking/backends/tensorboard/flush_secs"] == 2
+    assert main(["show", summary["run_dir"]]) == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    assert "tracking/project = spanish-subject-drop" in lines and "tracking/project = foundry-track" not in lines
+    order = [line.split(" = ")[0] for line in lines if " = " in line]
+    assert order.index("training/lr") < order.index("model/layers") < order.index("logging/dir")
+
+
 def test_show_unknown_run_is_bad_input(tmp_path: Path) -> None:
     (tmp_path / "runs").mkdir()
     result = _cli("show", "nope", "--dir", str(tmp_path / "runs"))
@@ -264,6 +293,23 @@ def test_plot_draws_one_line_per_run_per_metric(tmp_path: Path) -> None:
     assert _png_size(out) == (900, 700) and out.stat().st_size > 10_000
     with Image.open(out) as image:  # not a blank canvas: many colours were drawn
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or []) > 50
+
+
+def test_plot_a_series_of_one_point_is_drawn_as_a_dot(tmp_path: Path) -> None:
+    """A run shorter than the evaluation interval has one val/loss: without a marker it is invisible."""
+    pytest.importorskip("matplotlib", reason="the plot extra: pip install 'foundry-track[plot]'")
+    from foundry_track.cli.plot import plot_runs
+
+    with ft.init({"dir": str(tmp_path / "runs"), "run_name": "short", "backends": {}}) as run:
+        run.log({"train/loss": 2.0, "val/loss": 2.5}, step=3)
+        run.log({"train/loss": 1.5}, step=4)
+    assert run.dir is not None
+    for smooth in (0, 5):
+        fig, _ = plot_runs([run.dir], ["val/loss", "train/loss"], smooth=smooth)
+        (dot,) = [line for line in fig.axes[0].lines if not line.get_label().startswith("_")]
+        assert dot.get_marker() == "o" and list(dot.get_xdata()) == [3.0]
+        (line,) = [line for line in fig.axes[1].lines if not line.get_label().startswith("_")]
+        assert line.get_marker() in (None, "None", "")  # two points make a line: no dots
 
 
 def test_plot_errors_are_clear(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import yaml
 
 from tests.helpers.tb import scalars
 from tests.helpers.wandb_offline import finished_runs
-from tests.test_trainer_guide import wandb_steps
+from tests.test_trainer_run import wandb_steps
 from tests.test_trainer_run import mlflow_client, only_run, tiny
 
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
