@@ -498,7 +498,8 @@ def test_mlflow_parent_run_per_group_is_opt_in(tmp_path: Path, monkeypatch: pyte
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("nesting")
     assert experiment is not None
-    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    runs = {r.info.run_name.removesuffix("-" + r.data.tags.get("foundry_track.run_id", "")): r  # <run name>-<id>
+            for r in client.search_runs([experiment.experiment_id])}
     assert sorted(runs) == ["c0", "c1", "o0", "p0", "sw1"]  # one parent, made once
     parent = runs["sw1"]
     assert parent.data.tags["foundry_track.sweep"] == "sw1" and parent.info.status == "FINISHED"
@@ -548,3 +549,23 @@ def test_grid_params_cover_the_product() -> None:
     spec = parse_spec({"program": "x.py", "method": "grid",
                        "parameters": {"a": {"values": [1, 2]}, "b": {"values": ["x", "y", "z"]}}})
     assert [tuple(p.values()) for p in grid_points(spec.params)] == list(itertools.product([1, 2], ["x", "y", "z"]))
+
+
+def test_the_best_column_is_the_running_best(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each trial's loss falls as it runs, so its own best along the way is its result: the table's
+    best column must be the sweep's best so far, not that value again."""
+    sweep = write_sweep(tmp_path, {"method": "grid", "metric": {"name": "loss", "goal": "minimize"},
+                                   "parameters": {"offset": {"values": [3, 1, 2]}, "a": {"value": 1}}})
+    assert main(["sweep", str(sweep), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.lower().split()[:2] == ["trial", "state"])
+    assert "best so far" in header.lower()
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["0"], ["1"], ["2"])]
+    results = [float(row[2]) for row in rows]
+    assert results == pytest.approx([3.2, 1.2, 2.2])
+    assert [float(row[3]) for row in rows] == pytest.approx([3.2, 1.2, 1.2])
+    (state,) = tmp_path.rglob(STATE_FILE)
+    code, summary_json, _ = sweep_cli(capsys, "--resume", str(state.parent))  # nothing left: the summary again
+    assert code == 0
+    assert [t["best_so_far"] for t in summary_json["trials"]] == pytest.approx([3.2, 1.2, 1.2])
+    assert [t["best"] for t in summary_json["trials"]] == pytest.approx([3.2, 1.2, 2.2])  # each trial's own

@@ -24,14 +24,14 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from foundry_track.cli import backends, clean, doctor, export, plot, runs, show, sweep, sync
+from foundry_track.cli import agent, backends, clean, doctor, export, import_, plot, runs, show, sweep, sync
 from foundry_track.cli._common import render_table
 from foundry_track.errors import FoundryTrackError
 
 __all__ = ["main", "render_table"]
 
 # The order of `foundry-track --help`.
-_COMMANDS = (backends, sync, runs, show, plot, export, doctor, clean, sweep)
+_COMMANDS = (backends, sync, import_, runs, show, plot, export, doctor, clean, sweep, agent)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,11 +1,15 @@
 """``foundry-track sweep``: the command's arguments and its summary. The sweep
 itself runs in :mod:`foundry_track.sweep` (:func:`~foundry_track.sweep.run_sweep`);
 the plot of its trials, ``sweep.png``, is drawn here, with ``foundry-track plot``'s
-own code, so the sweep package imports nothing of the command line."""
+own code, so the sweep package imports nothing of the command line.
+
+``sweep create`` and ``sweep status`` are the shared-storage forms (a sweep
+run by ``foundry-track agent`` on several machines; :mod:`foundry_track.sweep.shared`)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,13 +33,23 @@ def add_parser(sub: Any) -> None:
         "the last value of the sweep's metric it logged. A trial that fails is recorded and the sweep "
         "goes on. Ctrl-C stops the running trials; --resume SWEEP_DIR runs only the trials left. At the "
         "end: the best trial, a table of all trials, and SWEEP_DIR/sweep.png. Exit 0: done; 1: every "
-        "trial failed; 2: bad sweep file or options; 130: interrupted.",
+        "trial failed; 2: bad sweep file or options; 130: interrupted. On several machines: `sweep create "
+        "SWEEP.yaml --storage URL` puts the sweep in a shared Optuna storage (postgresql://, mysql://, "
+        "sqlite:/// or a journal file's path on a shared file system) and prints its id on the last line; "
+        "`foundry-track agent ID --storage URL` runs its trials anywhere; `sweep status ID --storage URL` "
+        "shows them (states, best so far, trials per agent). --storage defaults to "
+        "$FOUNDRY_TRACK_SWEEP_STORAGE, which keeps a password off the command line.",
         "examples:\n"
         "  foundry-track sweep configs/sweep_config.yaml --config configs/quickstart.yaml --count 20 --workers 2\n"
         "  foundry-track sweep --resume runs/sweep-ab12cd34\n"
-        "  foundry-track sweep grid.yaml --json > summary.json",
+        "  foundry-track sweep grid.yaml --json > summary.json\n"
+        "  ID=$(foundry-track sweep create grid.yaml --storage postgresql://me@db/sweeps)\n"
+        "  foundry-track agent $ID --storage postgresql://me@db/sweeps --count 10\n"
+        "  foundry-track sweep status $ID --storage postgresql://me@db/sweeps",
         run)
-    p.add_argument("sweep", nargs="?", metavar="SWEEP.yaml", help="the sweep file (W&B's format)")
+    p.add_argument("sweep", nargs="?", metavar="SWEEP.yaml",
+                   help="the sweep file (W&B's format); or `create` or `status` (shared storage)")
+    p.add_argument("target", nargs="?", metavar="ARG", help="after create: the sweep file; after status: the sweep id")
     p.add_argument("--count", type=int, metavar="N",
                    help="trials in all (default: every grid point, or run_cap; required for random and bayes; "
                    "with --resume: a new total)")
@@ -48,6 +62,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--resume", metavar="SWEEP_DIR", help="finish an interrupted sweep: run only the trials left")
     p.add_argument("--seed", type=int, metavar="N", help="seed of random and bayes (default: a random one, kept)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--storage", metavar="URL", default=os.environ.get("FOUNDRY_TRACK_SWEEP_STORAGE"),
+                   help="create/status: the shared Optuna storage, a database URL or a journal file's path "
+                   "(default: $FOUNDRY_TRACK_SWEEP_STORAGE)")
+    p.add_argument("--name", metavar="NAME", help="create: the sweep id (default: sweep-XXXXXXXX)")
+    p.add_argument("--heartbeat", type=int, metavar="SECONDS", default=60,
+                   help="create: seconds between an agent's heartbeats; a trial whose agent is silent for twice "
+                   "that is failed and its point run again (default 60)")
 
 
 def _draw(result: SweepResult) -> None:
@@ -68,10 +89,12 @@ def _draw(result: SweepResult) -> None:
 def _summary(result: SweepResult) -> None:
     names = list(dict.fromkeys(k for t in result.trials for k in t.params))
     metric = result.metric or "metric"
-    rows = [[str(t.number), t.state, ui.value(t.metric), ui.value(t.best), ui.duration(t.duration),
-             *(ui.value(t.params.get(k)) for k in names)] for t in result.trials]
+    # "best so far": the sweep's running best up to each trial (a trial's own best
+    # value along the way is in --json, as `best`).
+    rows = [[str(t.number), t.state, ui.value(t.metric), ui.value(so_far), ui.duration(t.duration),
+             *(ui.value(t.params.get(k)) for k in names)] for t, so_far in zip(result.trials, result.best_so_far())]
     print()
-    ui.print_table(["trial", "state", metric, "best", "time", *names], rows,
+    ui.print_table(["trial", "state", metric, "best so far", "time", *names], rows,
                    title=f"sweep {result.id}: {result.method}, {len(result.trials)} trial(s) in "
                          f"{ui.duration(result.wall_s)}")
     best = result.best
@@ -94,8 +117,59 @@ def _summary(result: SweepResult) -> None:
         print(f"{result.remaining} trial(s) left: foundry-track sweep --resume {ui.short(result.dir)}")
 
 
+def _create(args: argparse.Namespace) -> int:
+    from foundry_track.sweep import SweepError
+    from foundry_track.sweep.shared import create_sweep, display_url
+
+    if args.target is None or not args.storage:
+        raise SweepError("usage: foundry-track sweep create SWEEP.yaml --storage URL [--name NAME] [--count N]")
+    sweep_id = create_sweep(args.target, args.storage, name=args.name, count=args.count, config=args.config,
+                            seed=args.seed, heartbeat=args.heartbeat)
+    shown = display_url(args.storage)
+    print(f"sweep {sweep_id} created in {shown}; run its trials on any machine with:\n"
+          f"  foundry-track agent {sweep_id} --storage {shown}", file=sys.stderr)
+    print(sweep_id)  # the last line of stdout: ID=$(foundry-track sweep create ...)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from foundry_track.sweep import SweepError
+    from foundry_track.sweep.shared import sweep_status
+
+    if args.target is None or not args.storage:
+        raise SweepError("usage: foundry-track sweep status SWEEP_ID --storage URL")
+    status = sweep_status(args.target, args.storage)
+    if args.json:
+        ui.dump(status)
+        return 0
+    names = list(dict.fromkeys(k for t in status["trials"] for k in t["params"]))
+    metric = status["metric"] or "metric"
+    rows = [[str(t["number"]), t["state"], ui.value(t["value"]), t["agent"] or "", ui.duration(t["duration_s"]),
+             *(ui.value(t["params"].get(k)) for k in names)] for t in status["trials"]]
+    states = ", ".join(f"{n} {s}" for s, n in status["states"].items())
+    ui.print_table(["trial", "state", metric, "agent", "time", *names], rows,
+                   title=f"sweep {status['id']}: {status['method']} in {status['storage']}: {states}")
+    agents = [[agent, *(str(per.get(s, 0)) for s in ("running", "complete", "pruned", "fail"))]
+              for agent, per in status["agents"].items()]
+    if agents:
+        print()
+        ui.print_table(["agent", "running", "complete", "pruned", "failed"], agents)
+    best = status["best"]
+    if best is not None:
+        shown = " ".join(f"{k}={ui.value(v)}" for k, v in best["params"].items())
+        print(f"\nbest so far: trial {best['number']}, {metric}={ui.value(best['value'])}: {shown}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    from foundry_track.sweep import run_sweep
+    from foundry_track.sweep import SweepError, run_sweep
+
+    if args.sweep == "create":
+        return _create(args)
+    if args.sweep == "status":
+        return _status(args)
+    if args.target is not None:
+        raise SweepError(f"unexpected argument {args.target!r}: give one sweep file (or `create`/`status`)")
 
     def progress(line: str) -> None:  # stderr: stdout stays the summary (or pure JSON)
         print(line, file=sys.stderr, flush=True)

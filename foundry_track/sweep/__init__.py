@@ -22,7 +22,10 @@ The modules, one job each:
 - :mod:`~foundry_track.sweep.command`: a trial's command line, as ``wandb agent`` builds it
 - :mod:`~foundry_track.sweep.watch`: following a running trial's run directory and metric
 - :mod:`~foundry_track.sweep.storage`: the sweep directory, its state file, the result
+- :mod:`~foundry_track.sweep.process`: a trial's process: launcher variables, process group, signals
 - :mod:`~foundry_track.sweep.runner`: the processes, and ``run_sweep``
+- :mod:`~foundry_track.sweep.shared`: a sweep in a shared Optuna storage (``create_sweep``, ``sweep_status``)
+- :mod:`~foundry_track.sweep.agent`: ``foundry-track agent``, running a shared sweep's trials (``run_agent``)
 
 The package imports nothing of the command line and draws nothing: the
 result's ``plot_request`` tells the caller what ``foundry-track plot`` should draw.
@@ -30,10 +33,12 @@ result's ``plot_request`` tells the caller what ``foundry-track plot`` should dr
 
 from __future__ import annotations
 
+from foundry_track.sweep.agent import AgentResult, AgentTrial, run_agent
 from foundry_track.sweep.command import build_command
 from foundry_track.sweep.errors import SweepError
 from foundry_track.sweep.runner import Sweep, run_sweep
 from foundry_track.sweep.sampling import Param, grid_points, sample_params
+from foundry_track.sweep.shared import create_sweep, display_url, sweep_status
 from foundry_track.sweep.spec import ParamSpec, SweepSpec, load_spec, parse_spec
 from foundry_track.sweep.storage import (
     PLOT_FILE,
@@ -46,6 +51,8 @@ from foundry_track.sweep.study import INSTALL
 
 __all__ = [
     "INSTALL",
+    "AgentResult",
+    "AgentTrial",
     "PLOT_FILE",
     "STATE_FILE",
     "Param",
@@ -57,9 +64,13 @@ __all__ = [
     "SweepSpec",
     "Trial",
     "build_command",
+    "create_sweep",
+    "display_url",
     "grid_points",
     "load_spec",
     "parse_spec",
+    "run_agent",
     "run_sweep",
     "sample_params",
+    "sweep_status",
 ]

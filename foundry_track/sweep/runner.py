@@ -32,6 +32,7 @@ from typing import Any, Final
 from foundry_track.rundir import is_run_dir
 from foundry_track.sweep.command import build_command, resolve_program
 from foundry_track.sweep.errors import SweepError
+from foundry_track.sweep.process import exit_text, last_line, new_process_group, send, show, trial_env
 from foundry_track.sweep.sampling import grid_points, sample_params, slot_rng
 from foundry_track.sweep.spec import SweepSpec, load_spec, parse_spec
 from foundry_track.sweep.storage import (
@@ -53,7 +54,6 @@ from foundry_track.sweep.watch import MetricWatch, trackers_started
 
 __all__ = ["Sweep", "run_sweep"]
 
-SWEEP_ENV: Final = "FOUNDRY_TRACK_SWEEP"  # tracking.sweep of the trials (MLflow nests the group under a parent)
 STOP_GRACE: Final = 30.0  # seconds a stopped trial gets to checkpoint and close its run before SIGKILL
 START_WAIT: Final = 120.0  # the most the first trial runs alone while its trackers start
 
@@ -298,7 +298,7 @@ class Sweep:
         try:
             with open(log_file, "ab") as log:
                 proc = subprocess.Popen(argv, cwd=cwd, env=self._env(name), stdin=subprocess.DEVNULL, stdout=log,
-                                        stderr=subprocess.STDOUT, **_new_process_group())
+                                        stderr=subprocess.STDOUT, **new_process_group())
         except OSError as exc:  # the program cannot even start: this trial fails, the sweep goes on
             trial.state, trial.ended, trial.reason = "failed", time.time(), f"cannot start {argv[0]}: {exc.strerror}"
             self.trials.append(trial)
@@ -312,22 +312,12 @@ class Sweep:
         metric = self.spec.metric.name if self.spec.metric else None
         self._running.append(_Running(trial, proc, MetricWatch(self.runs_dir, name, metric), otrial))
         self._save()
-        shown = " ".join(f"{k}={_show(v)}" for k, v in params.items())
+        shown = " ".join(f"{k}={show(v)}" for k, v in params.items())
         self.out(f"trial {number} started: {shown}")
 
     def _env(self, run_name: str) -> dict[str, str]:
-        env = dict(os.environ)
-        tags = [t.strip() for t in env.get("FOUNDRY_TRACK_TAGS", "").split(",") if t.strip()]
-        env.update({
-            "FOUNDRY_TRACK_DIR": str(self.runs_dir), "FOUNDRY_TRACK_GROUP": self.state["id"],
-            "FOUNDRY_TRACK_RUN_NAME": run_name, "FOUNDRY_TRACK_TAGS": ",".join([*tags, "sweep"]),
-            SWEEP_ENV: self.state["id"], "PYTHONUNBUFFERED": "1",
-        })
-        if self.spec.project:
-            env["FOUNDRY_TRACK_PROJECT"] = self.spec.project
-        if self.spec.entity:
-            env["WANDB_ENTITY"] = self.spec.entity
-        return env
+        return trial_env(os.environ, runs_dir=self.runs_dir, sweep_id=self.state["id"], run_name=run_name,
+                         spec=self.spec)
 
     # -- watching ------------------------------------------------------------ #
 
@@ -343,7 +333,7 @@ class Sweep:
             for i, value in enumerate(new, start=first):
                 r.otrial.report(value, i)  # the iteration is the value's index, as W&B counts bands
                 if r.otrial.should_prune():
-                    r.trial.reason = (f"pruned at iteration {i + 1} ({metric}={_show(value)}): "
+                    r.trial.reason = (f"pruned at iteration {i + 1} ({metric}={show(value)}): "
                                       f"not in the best 1/{eta} there")
                     self._signal(r, "pruned")
                     self.out(f"trial {r.trial.number} {r.trial.reason}")
@@ -353,13 +343,13 @@ class Sweep:
         """Ask the trial to stop (SIGINT to its process group: the trainer checkpoints
         and closes its run as killed; a Python script gets KeyboardInterrupt)."""
         r.stop_reason, r.signalled = reason, time.monotonic()
-        _send(r.proc, signal.SIGINT)
+        send(r.proc, signal.SIGINT)
 
     def _reap(self) -> None:
         for r in list(self._running):
             if r.proc.poll() is None:
                 if r.signalled is not None and (self._force or time.monotonic() - r.signalled > STOP_GRACE):
-                    _send(r.proc, signal.SIGKILL)
+                    send(r.proc, signal.SIGKILL)
                 continue
             self._running.remove(r)
             self._finish(r)
@@ -387,7 +377,7 @@ class Sweep:
         if trial.state == "finished":
             self._warm = True
             metric = self.spec.metric.name if self.spec.metric else None
-            result = f": {metric}={_show(trial.metric)}" if metric else ""
+            result = f": {metric}={show(trial.metric)}" if metric else ""
             self.out(f"trial {trial.number} finished{took}{result}")
         elif trial.state != "pruned":
             self.out(f"trial {trial.number} {trial.state}{took}: {trial.reason}")
@@ -401,7 +391,7 @@ class Sweep:
         if r.stop_reason == "interrupted":
             return "interrupted", "stopped by Ctrl-C; run again by --resume"
         if code != 0:
-            return "failed", f"{_exit(code)}; see {trial.log_file}{_last_line(trial.log_file)}"
+            return "failed", f"{exit_text(code)}; see {trial.log_file}{last_line(trial.log_file)}"
         if trial.run_dir is None:
             return "failed", (f"exited 0 but no foundry-track run named {trial.run_name} appeared under "
                               f"{self.runs_dir} (does the program call foundry_track.init?)")
@@ -423,7 +413,7 @@ class Sweep:
     def _abort(self) -> None:
         """The loop itself failed: kill the trials and record them as interrupted (--resume reruns them)."""
         for r in self._running:
-            _send(r.proc, signal.SIGKILL)
+            send(r.proc, signal.SIGKILL)
             with contextlib.suppress(Exception):
                 r.proc.wait(10)
             r.watch.close()
@@ -458,51 +448,6 @@ class Sweep:
         best = result.best
         title = f"{result.id} ({result.method}): {result.metric}" + (f", best trial {best.number}" if best else "")
         return PlotRequest(runs=runs, metric=result.metric, title=title, path=self.dir / PLOT_FILE), None
-
-
-def _new_process_group() -> dict[str, Any]:
-    """Trials get their own process group: a terminal's Ctrl-C reaches only the
-    controller, which stops them in order (and their own children with them)."""
-    if os.name == "posix":
-        return {"start_new_session": True}
-    return {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
-
-
-def _send(proc: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        if os.name == "posix":
-            os.killpg(proc.pid, sig)
-        elif sig == signal.SIGINT:
-            proc.send_signal(getattr(signal, "CTRL_C_EVENT", sig))
-        else:
-            proc.kill()
-
-
-def _exit(code: int) -> str:
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"
-
-
-def _last_line(log_file: str | None) -> str:
-    """The log's last non-empty line (usually the exception), for the console."""
-    if not log_file:
-        return ""
-    try:
-        with open(log_file, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 4096))
-            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return ""
-    return f" ({lines[-1][:200]})" if lines else ""
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def run_sweep(

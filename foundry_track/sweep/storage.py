@@ -134,6 +134,20 @@ class SweepResult:
         pick = max if self.goal == "maximize" else min
         return pick(done, key=lambda t: t.metric)  # type: ignore[arg-type, return-value]
 
+    def best_so_far(self) -> list[float | None]:
+        """For each trial (in ``trials`` order), the best result of the trials up to and
+        including it: the sweep's running best, as the summary table shows it. Only
+        finished trials count (as for :attr:`best`); None until one has finished."""
+        pick = max if self.goal == "maximize" else min
+        running: float | None = None
+        out: list[float | None] = []
+        for t in self.trials:
+            if t.state == "finished" and _finite(t.metric):
+                value = float(t.metric)  # type: ignore[arg-type]
+                running = value if running is None else pick(running, value)
+            out.append(running)
+        return out
+
     @property
     def remaining(self) -> int:
         done = {t.slot for t in self.trials if t.state in DONE}
@@ -154,7 +168,7 @@ class SweepResult:
             "interrupted": self.interrupted, "target_reached": self.target_reached, "wall_s": self.wall_s,
             "best": best.to_json() if best else None, "plot": str(self.plot) if self.plot else None,
             "plot_note": self.plot_note, "log_dir": str(self.log_dir) if self.log_dir else None,
-            "trials": [t.to_json() for t in self.trials],
+            "trials": [{**t.to_json(), "best_so_far": b} for t, b in zip(self.trials, self.best_so_far())],
         }
 
 

@@ -17,7 +17,7 @@ from foundry_track.errors import MissingDependency
 from foundry_track.sweep.sampling import Param
 from foundry_track.sweep.spec import SweepSpec
 
-__all__ = ["INSTALL", "OPTUNA_FILE", "Study", "needs_optuna", "require_optuna"]
+__all__ = ["INSTALL", "OPTUNA_FILE", "Study", "import_optuna", "make_pruner", "needs_optuna", "require_optuna"]
 
 INSTALL: Final = "pip install 'foundry-track[sweep]'"
 OPTUNA_FILE: Final = "optuna.db"
@@ -38,20 +38,34 @@ def require_optuna(spec: SweepSpec) -> None:
         raise _missing(spec)
 
 
+def import_optuna(spec: SweepSpec | None = None) -> Any:
+    """Optuna, quiet; a missing Optuna says what to install."""
+    try:
+        import optuna
+    except ImportError:
+        if spec is not None and needs_optuna(spec):
+            raise _missing(spec) from None
+        raise MissingDependency(f"a sweep in a shared storage needs Optuna, which is not installed: {INSTALL}") \
+            from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def make_pruner(optuna: Any, spec: SweepSpec) -> Any:
+    """W&B's hyperband as Optuna's successive halving (no pruning without ``early_terminate``)."""
+    et = spec.early_terminate
+    if et is None:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=et.first_band, reduction_factor=et.eta,
+                                                  min_early_stopping_rate=0)
+
+
 class Study:
     """The sweep's Optuna study in ``<sweep dir>/optuna.db`` (survives --resume)."""
 
     def __init__(self, directory: Path, study_name: str, spec: SweepSpec, seed: int, workers: int) -> None:
-        try:
-            import optuna
-        except ImportError:
-            raise _missing(spec) from None
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.optuna = optuna
-        et = spec.early_terminate
-        pruner: Any = (optuna.pruners.SuccessiveHalvingPruner(min_resource=et.first_band, reduction_factor=et.eta,
-                                                              min_early_stopping_rate=0)
-                       if et is not None else optuna.pruners.NopPruner())
+        optuna = self.optuna = import_optuna(spec)
+        pruner = make_pruner(optuna, spec)
         goal = spec.metric.goal if spec.metric else "minimize"
         self.study = optuna.create_study(
             storage=f"sqlite:///{(directory / OPTUNA_FILE).resolve()}", study_name=study_name,
