@@ -145,7 +145,7 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        """True once :meth:`finish` ran (later log calls are ignored)."""
+        """True once ``finish()`` ran; later log calls are ignored."""
         return self._finished
 
     @property
