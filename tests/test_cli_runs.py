@@ -440,12 +440,12 @@ def test_clean_never_removes_undelivered_events_without_force(tmp_path: Path, fa
 def test_clean_keeps_wandb_offline_files_until_they_are_uploaded(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """W&B offline files are a queue for `wandb sync`, not the final copy."""
-    monkeypatch.delenv("WANDB_DIR")  # the backend's default: W&B files inside the run directory
+    monkeypatch.delenv("WANDB_DIR")  # the backend's default: W&B's own ./wandb, outside the run directory
     root = tmp_path / "runs"
     run_dir = make_run(root, "offline", {"wandb": {"mode": "offline"}}, steps=5)
     listed = json.loads(_cli("runs", str(root), "--json").stdout)[0]["backends"]["wandb"]
     offline_dir = Path(listed["awaiting_upload"])
-    assert offline_dir.is_relative_to(run_dir)
+    assert offline_dir.parent == tmp_path / "wandb"  # the working directory's (conftest: tmp_path)
     assert listed["pending"] == 0 and list(offline_dir.glob("*.wandb"))  # delivered to the offline file
 
     for flags in ([], ["--synced-only"]):

@@ -161,7 +161,7 @@ def test_params_tags_and_every_step_exactly_once(client: mlflow.MlflowClient, ml
     mrun = client.get_run(ids["run_id"])
     assert ids["url"] == f"{mlflow_server.uri}/#/experiments/{ids['experiment_id']}/runs/{ids['run_id']}"
     assert ids["tracking_uri"] == mlflow_server.uri
-    assert mrun.info.status == "FINISHED" and mrun.info.run_name == "exp0-baseline"
+    assert mrun.info.status == "FINISHED" and mrun.info.run_name == f"exp0-baseline-{run.id}"
     assert client.get_experiment(mrun.info.experiment_id).name == cfg["project"]
 
     params = mrun.data.params
@@ -305,6 +305,99 @@ def test_experiment_created_concurrently_is_reused(client: mlflow.MlflowClient, 
     monkeypatch.setattr(mlflow.MlflowClient, "get_experiment_by_name", lookup_races)
     _, _, ids = _backend(tmp_path, mlflow_server.uri, project=project)
     assert ids["experiment_id"] == existing and len(calls) == 2
+
+
+def test_experiments_are_marked_as_model_training(client: mlflow.MlflowClient, mlflow_server: MlflowServer,
+                                                  tmp_path: Path) -> None:
+    """MLflow 3's UI opens an experiment without a type on its GenAI overview; the
+    experiments the backend creates or logs to say they hold model training (a
+    type set already, by hand or for GenAI, is left alone)."""
+    created = _project()
+    _backend(tmp_path, mlflow_server.uri, project=created)[0].tracker_finish("success", True)
+    experiment = client.get_experiment_by_name(created)
+    assert experiment is not None and experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    untyped = client.create_experiment(_project())  # made elsewhere, before
+    _backend(tmp_path, mlflow_server.uri, project=client.get_experiment(untyped).name)[0] \
+        .tracker_finish("success", True)
+    assert client.get_experiment(untyped).tags["mlflow.experimentKind"] == "custom_model_development"
+
+    genai = client.create_experiment(_project(), tags={"mlflow.experimentKind": "genai_development"})
+    _backend(tmp_path, mlflow_server.uri, project=client.get_experiment(genai).name)[0] \
+        .tracker_finish("success", True)
+    assert client.get_experiment(genai).tags["mlflow.experimentKind"] == "genai_development"
+
+    # A resumed run finds its MLflow run by id, and marks the experiment all the same.
+    cfg = _cfg(tmp_path / "d", mlflow_server.uri)
+    with ft.init(cfg, strict=True) as run:
+        run.log({"loss": 1.0}, step=0)
+    experiment_id = run.backend_ids["mlflow"]["experiment_id"]
+    client.delete_experiment_tag(experiment_id, "mlflow.experimentKind")
+    with ft.init(cfg, resume=run.dir, strict=True) as resumed:
+        resumed.log({"loss": 0.5}, step=1)
+    assert resumed.backend_ids["mlflow"]["run_id"] == run.backend_ids["mlflow"]["run_id"]
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_runs_of_one_config_have_distinct_names(client: mlflow.MlflowClient, mlflow_server: MlflowServer,
+                                                tmp_path: Path) -> None:
+    """Two runs of the same config (the trainer names both after the experiment):
+    each MLflow run is named with its run id, as its TensorBoard folder is."""
+    cfg = _cfg(tmp_path, mlflow_server.uri, run_name="quickstart",
+               backends={"mlflow": {"tracking_uri": mlflow_server.uri}, "tensorboard": {}})
+    runs = []
+    for _ in range(2):
+        with ft.init(cfg, strict=True) as run:
+            run.log({"loss": 1.0}, step=0)
+        runs.append(run)
+    experiment = client.get_experiment_by_name(cfg["project"])
+    assert experiment is not None
+    names = {r.info.run_id: r.info.run_name for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(names.values()) == sorted(f"quickstart-{run.id}" for run in runs)
+    for run in runs:
+        assert names[run.backend_ids["mlflow"]["run_id"]] == f"quickstart-{run.id}"
+        assert Path(run.backend_ids["tensorboard"]["log_dir"]).parent.name == f"quickstart-{run.id}"
+    # The run's own name, without an id, is only the run id.
+    with ft.init(_cfg(tmp_path / "unnamed", mlflow_server.uri), strict=True) as unnamed:
+        unnamed.log({"loss": 1.0}, step=0)
+    assert client.get_run(unnamed.backend_ids["mlflow"]["run_id"]).info.run_name == unnamed.id
+
+
+SWEEP_PROGRAM = """
+import sys
+import foundry_track as ft
+
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+cfg = {"run_name": "quickstart", "flush_timeout": 30, "backends": {"mlflow": {"tracking_uri": %r}}}
+with ft.init(cfg, params=args) as run:
+    run.log({"loss": float(args["lr"])}, step=0)
+"""
+
+
+def test_sweep_trials_have_distinct_names_under_the_sweep(client: mlflow.MlflowClient, mlflow_server: MlflowServer,
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A sweep's trials run one program (whose config names every run `quickstart`);
+    each trial's MLflow run is named with its trial number and run id, under the
+    sweep's parent run."""
+    from foundry_track.cli import main
+
+    project = _project()
+    (tmp_path / "prog.py").write_text(SWEEP_PROGRAM % mlflow_server.uri)
+    (tmp_path / "sweep.yaml").write_text(json.dumps({"program": "prog.py", "method": "grid", "project": project,
+                                                     "metric": {"name": "loss", "goal": "minimize"},
+                                                     "parameters": {"lr": {"values": [0.1, 0.2]}}}))
+    assert main(["sweep", str(tmp_path / "sweep.yaml"), "--workers", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [t["state"] for t in summary["trials"]] == ["finished", "finished"]
+    experiment = client.get_experiment_by_name(project)
+    assert experiment is not None and experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.run_name == summary["id"]
+    names = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
+    ids = {t["number"]: json.loads((Path(t["run_dir"]) / "run.json").read_text())["id"] for t in summary["trials"]}
+    assert names == sorted(f"{summary['id']}-trial-{n}-{run_id}" for n, run_id in ids.items())
+    assert len(set(names)) == 2
 
 
 def test_default_uri_is_sqlite_in_the_working_directory(tmp_path: Path) -> None:

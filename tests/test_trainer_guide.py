@@ -298,7 +298,7 @@ def test_example_1_basic_training_and_example_2_manual_logging(tmp_path: Path) -
     wandb_logger.finish()
     # --- end ---
 
-    runs = {r.name: r for r in finished_runs(tmp_path)}
+    runs = {r.name.removesuffix(f"-{r.run_id}"): r for r in finished_runs(tmp_path)}  # W&B names: <run name>-<id>
     assert set(runs) == {"exp0_baseline_wandb", "exp0_baseline"}
 
     trained = runs["exp0_baseline_wandb"]
@@ -343,7 +343,7 @@ def test_example_3_comparing_multiple_experiments(tmp_path: Path) -> None:
     assert run_module("train", "configs/exp2_remove_topic_shift.yaml") == 0
     # --- end ---
 
-    runs = {r.name: r for r in finished_runs(tmp_path)}
+    runs = {r.name.removesuffix(f"-{r.run_id}"): r for r in finished_runs(tmp_path)}  # W&B names: <run name>-<id>
     assert sorted(runs) == ["exp0_baseline", "exp1_remove_expletives", "exp2_remove_topic_shift"]
     assert {(r.project, r.group) for r in runs.values()} == {("spanish-subject-drop", "subject-drop-ablations")}
     for run in runs.values():

@@ -79,7 +79,7 @@ def _started_backend(tmp_path: Path, run_id: str) -> WandbBackend:
 def test_every_step_config_redacted_summary_and_exit_code(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.delenv("WANDB_DIR")  # W&B's files then live in the run directory
+    monkeypatch.delenv("WANDB_DIR")  # W&B's own default then: ./wandb in the working directory (tmp_path)
     caplog.set_level(logging.WARNING, logger="foundry_track")
     cfg = _cfg(tmp_path, project="proj", run_name="exp0", tags=["a", "b"], notes="first", group="g")
     t0 = time.time()
@@ -92,8 +92,9 @@ def test_every_step_config_redacted_summary_and_exit_code(
     t1 = time.time()
     assert run.undelivered == {}
 
-    (wb,) = _finished_runs(run.dir)
-    assert (wb.run_id, wb.name, wb.project, wb.tags, wb.group) == (run.id, "exp0", "proj", ["a", "b"], "g")
+    (wb,) = _finished_runs(tmp_path / "wandb")
+    # Named as the run's TensorBoard folder and MLflow run: runs of one config stay apart.
+    assert (wb.run_id, wb.name, wb.project, wb.tags, wb.group) == (run.id, f"exp0-{run.id}", "proj", ["a", "b"], "g")
     got = [(row[STEP_METRIC], row.get("train/loss"), row.get("val/loss")) for row in wb.history]
     assert got == [(0, 1.0, None), (1, 0.5, None), (2, pytest.approx(1 / 3), None), (3, 0.25, None),
                    (4, 0.2, 0.5), (2, 9.0, None)]
@@ -111,7 +112,10 @@ def test_every_step_config_redacted_summary_and_exit_code(
 
     identity = run.backend_ids["wandb"]
     assert identity == {"run_id": run.id, "mode": "offline", "dir": str(wb.run_files[0].parent)}
-    assert Path(identity["dir"]).parent == run.dir / "wandb"
+    # Where the guide's `wandb sync wandb/offline-run-...` and `rm -rf wandb/offline-run-*` look.
+    assert Path(identity["dir"]).parent == tmp_path / "wandb" and Path(identity["dir"]).is_absolute()
+    assert Path(identity["dir"]).name.startswith("offline-run-")
+    assert not [p for p in run.dir.rglob("*") if "wandb" in p.name]  # nothing of W&B's in the run directory
     conflicts = [r.getMessage() for r in caplog.records if r.name == "foundry_track.wandb"]
     assert len(conflicts) == 1 and "step 2 arrived after step 4" in conflicts[0]
 
@@ -152,6 +156,86 @@ def test_resume_continues_the_same_wandb_run(tmp_path: Path) -> None:
     assert [row["loss"] for row in wb.history] == [float(s) for s in _steps(wb.history)]
     assert sorted(set(_steps(wb.history))) == list(range(200))
     assert wb.exit_code == 0
+
+
+def test_resume_from_another_directory_adds_to_the_first_wandb_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B's default folder is ./wandb of the directory the run started in; a resume
+    from elsewhere writes its segment there too, so one folder holds the W&B run."""
+    monkeypatch.delenv("WANDB_DIR")
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(here)
+    with ft.init(_cfg(tmp_path)) as first:
+        for step in range(5):
+            first.log({"loss": float(step)}, step=step)
+    monkeypatch.chdir(elsewhere)
+    with ft.init(_cfg(tmp_path), resume=first.dir) as second:
+        for step in range(5, 10):
+            second.log({"loss": float(step)}, step=step)
+    assert not (elsewhere / "wandb").exists()
+    assert Path(second.backend_ids["wandb"]["dir"]).parent == here / "wandb"
+    (wb,) = _finished_runs(here / "wandb")
+    assert len(wb.run_files) == 2 and _steps(wb.history) == list(range(10))
+
+
+def test_sync_after_a_crash_from_another_directory_reads_the_runs_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint names the crashed run's files by absolute path: a sync from
+    another working directory reads them back and sends each step once, into
+    the same wandb/ folder."""
+    import collections
+
+    from tests.test_wandb_exactly_once import _closed_run, _crashed, _info, _media_after, _rows
+
+    monkeypatch.delenv("WANDB_DIR")
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(here)
+    sent = _rows(list(range(400)), time.time())
+    identity, checkpoint = _crashed(tmp_path, "moved001", sent, at=300, truncate=False)
+    assert Path(checkpoint["wandb_file"]).parent.parent == here / "wandb"
+
+    monkeypatch.chdir(elsewhere)
+    backend = WandbBackend()
+    backend.tracker_start(run=_info(tmp_path, "moved001"), options=WandbOptions(),
+                          resume_state={**identity, **checkpoint})
+    backend.tracker_flush()
+    backend.tracker_log_metrics(sent[300:])  # what the journal holds past the checkpoint, offered again
+    for event in _media_after(tmp_path, sent[-1].time):
+        getattr(backend, event[0])(event[1])
+    backend.tracker_finish("killed", True)
+
+    assert not (elsewhere / "wandb").exists()
+    wb = _closed_run(here / "wandb")
+    assert len(wb.run_files) == 2
+    held = collections.Counter(int(row[STEP_METRIC]) for row in wb.history if "loss" in row)
+    assert held == collections.Counter(range(400))
+    assert [a["title"] for a in wb.alerts] == ["spike"]
+
+
+def test_the_trainer_prints_the_folder_wandb_sync_takes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The guide's offline mode: the trainer's closing line names the folder W&B
+    wrote, relative to where the user is, as the guide's `wandb sync` takes it."""
+    import re
+
+    import yaml
+    from model_foundry.cli import main
+
+    from tests.test_trainer_run import tiny
+
+    monkeypatch.delenv("WANDB_DIR")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny(tmp_path, training={"steps": 10}, logging={"use_wandb": True})))
+    assert main(["train", str(config), "--no-progress", "--sample", "0"]) == 0
+    (hint,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("W&B:")]
+    folder = hint.split("wandb sync ", 1)[1]
+    assert re.fullmatch(r"wandb/offline-run-\d{8}_\d{6}-[a-z0-9]+", folder), hint
+    (wb,) = _finished_runs(tmp_path / folder)
+    assert wb.exit_code == 0 and wb.name.startswith("tiny-")
 
 
 def test_online_without_api_key_fails_fast_and_falls_back(

@@ -224,7 +224,7 @@ def test_import_wandb_right_after_wandb_logger(tmp_path: Path, delivery: str) ->
         assert "could not start" not in err and "circular import" not in err, err
         assert json.loads(out.splitlines()[-1]) == {"imported_before": delivery == "thread"}
 
-    runs = {run.name: run for run in finished_runs(tmp_path)}
+    runs = {run.name.removesuffix(f"-{run.run_id}"): run for run in finished_runs(tmp_path)}  # <name>-<id>
     assert sorted(runs) == ["try0", "try1", "try2"]
     for name, run in runs.items():
         rows = _rows(run)

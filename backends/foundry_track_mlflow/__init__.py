@@ -13,7 +13,11 @@ Where the run goes
     before any network call: a resume or ``foundry-track sync`` (from another
     directory, or a shell without ``MLFLOW_TRACKING_URI``) goes to the same
     place unless the option itself was changed. Experiment: the run's
-    ``project`` (option ``experiment`` overrides), created when missing.
+    ``project`` (option ``experiment`` overrides), created when missing,
+    and marked as model training (``mlflow.experimentKind``) unless it has a
+    type already, so MLflow 3's UI shows its runs rather than a GenAI
+    overview (where the UI reads the type). Run: named ``<run name>-<run id>``, as its TensorBoard folder
+    and W&B run, so runs of one config stay apart in the runs list.
 
 Network behaviour
     MLflow's HTTP client retries a failed request 7 times with exponential
@@ -116,6 +120,11 @@ LOGGED_ARTIFACTS_TAG: Final = "mlflow.loggedArtifacts"  # lets MLflow's UI list 
 NOTE_TAG: Final = "mlflow.note.content"
 PARENT_RUN_TAG: Final = "mlflow.parentRunId"  # MLflow's own nesting
 GROUP_PARENT_TAG: Final = "foundry_track.sweep"  # on the parent run of a group: the group's name
+# MLflow 3's experiment type (the UI's "GenAI apps & agents" / "Machine learning"): the UIs
+# that read it open an experiment without one on its GenAI overview, one marked as model
+# training on its runs. (Later UIs, 3.17's, follow a per-browser sidebar switch instead.)
+EXPERIMENT_KIND_TAG: Final = "mlflow.experimentKind"
+TRAINING_KIND: Final = "custom_model_development"
 
 _STATUS: Final = {"success": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 # MLflow's name rule (validate_param_and_metric_name); ':' is refused on Windows servers.
@@ -189,6 +198,14 @@ def artifact_dir(*parts: str) -> str:
             elif piece:
                 out.append(piece.replace(".", "_"))
     return "/".join(out) or "_"
+
+
+def _run_name(run: RunInfo) -> str:
+    """The MLflow run's name: the run's name and id (``quickstart-a1b2c3d4``), as its
+    TensorBoard folder and W&B run are named, so runs of one config (``quickstart``
+    twice, the trials of a sweep) stay apart in the runs list; the id alone when the
+    run has no name of its own."""
+    return run.id if run.name == run.id else f"{run.name}-{run.id}"
 
 
 def _json_len(text: str) -> int:
@@ -350,13 +367,15 @@ class MlflowBackend:
             if found is None:
                 experiment_id, created = self._experiment_id(experiment_name, options.artifact_location)
                 found = None if created else self._tagged_run(run, experiment_id)
+            else:
+                self._mark_training(self._client.get_experiment(found.info.experiment_id))
             nest = bool(run.group) and (options.parent_run_per_group if options.parent_run_per_group is not None
                                         else run.sweep == run.group)
             if found is None:
                 tags = {**self._label_tags(run), **self._source_tags()}
                 if nest:
                     tags[PARENT_RUN_TAG] = self._group_parent(run, experiment_id)
-                new = self._client.create_run(experiment_id, run_name=run.name, tags=tags)
+                new = self._client.create_run(experiment_id, run_name=_run_name(run), tags=tags)
                 self.run_id, self._tags = new.info.run_id, dict(new.data.tags)
             else:
                 self._reopen(found, run)
@@ -460,7 +479,8 @@ class MlflowBackend:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                return str(client.create_experiment(name, artifact_location=artifact_location)), True
+                return str(client.create_experiment(name, artifact_location=artifact_location,
+                                                    tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})), True
             except Exception as exc:  # noqa: BLE001
                 if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -473,7 +493,25 @@ class MlflowBackend:
                 f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or set "
                 f"tracking.backends.mlflow.experiment to another name"
             )
+        self._mark_training(experiment)
         return str(experiment.experiment_id), False
+
+    def _mark_training(self, experiment: Any) -> None:
+        """Mark an experiment this backend logs to as model training, unless it has a type.
+
+        A type set already (by the user in the UI, or ``genai_development`` on an
+        experiment that also holds traces) is left as it is. The tag only changes
+        what the UI shows first, so a server that refuses it (permissions) does
+        not stop the run."""
+        if experiment is None or EXPERIMENT_KIND_TAG in (experiment.tags or {}):
+            return
+        try:
+            self._client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+        except Exception as exc:  # noqa: BLE001
+            if is_transient(exc):
+                raise
+            _log.warning("cannot mark MLflow experiment %r as model training (%s); MLflow's UI may open it on "
+                         "its GenAI overview", experiment.name, _reason(exc))
 
     def _label_tags(self, run: RunInfo) -> dict[str, str]:
         """Tags from the run's identity. A foundry-track tag is a bare label, so it

@@ -73,6 +73,7 @@ from foundry_track_wandb._options import (
     has_credentials,
     resolve_base_url,
     resolve_mode,
+    wandb_root,
 )
 from foundry_track_wandb._options import _netrc_path as _netrc_path
 from foundry_track_wandb._options import _settings_file_value as _settings_file_value
@@ -112,6 +113,13 @@ def _tags(tags: Sequence[str]) -> list[str]:
     if any(len(tag) > _MAX_TAG for tag in tags):
         _log.warning("W&B tags are at most %d characters; longer tags were cut", _MAX_TAG)
     return kept
+
+
+def _run_name(run: RunInfo) -> str:
+    """The W&B run's name: the run's name and id, as its TensorBoard folder and
+    MLflow run are named, so repeated runs of one config stay apart in W&B's
+    tables and legends (the id alone when the run has no name of its own)."""
+    return run.id if run.name == run.id else f"{run.name}-{run.id}"
 
 
 def _first(*values: Any) -> Any:
@@ -188,7 +196,7 @@ class WandbBackend:
         self._wandb = wandb
         # What the run already holds, read before wandb.init opens a new file for it.
         recovery = recover(resume_state, run_id)
-        self._run = self._init(run, options, mode, run_id)
+        self._run = self._init(run, options, mode, run_id, resume_state)
         self._online = mode == "online"
         self._ledger = Ledger(Path(self._run.settings.sync_file))
         self._rows_base = int(self._run.starting_step or 0)
@@ -199,7 +207,8 @@ class WandbBackend:
             identity["url"] = str(self._run.url)
         return identity
 
-    def _init(self, run: RunInfo, options: WandbOptions, mode: Mode, run_id: str) -> Any:
+    def _init(self, run: RunInfo, options: WandbOptions, mode: Mode, run_id: str,
+              resume_state: Mapping[str, str]) -> Any:
         wandb = self._wandb
         settings: dict[str, Any] = {
             "init_timeout": _init_timeout(options),
@@ -207,13 +216,13 @@ class WandbBackend:
         }
         if options.base_url and not _env("WANDB_BASE_URL"):
             settings["base_url"] = options.base_url
-        root = Path(_first(_env("WANDB_DIR"), options.dir, run.dir)).expanduser()
+        root = wandb_root(options, resume_state)
         root.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         wb_run = wandb.init(
             project=_first(_env("WANDB_PROJECT"), options.project, run.project),
             entity=_first(_env("WANDB_ENTITY"), options.entity, run.entity),
-            name=run.name,
+            name=_run_name(run),
             tags=_tags(run.tags),
             notes=run.notes,
             group=run.group,

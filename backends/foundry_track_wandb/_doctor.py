@@ -26,6 +26,7 @@ from foundry_track_wandb import (
     _settings_file_value,
     resolve_mode,
 )
+from foundry_track_wandb._options import wandb_root
 
 if TYPE_CHECKING:
     from foundry_track_wandb import WandbOptions
@@ -179,7 +180,5 @@ def doctor(options: WandbOptions, fallback: str | None, start_timeout: float, ti
            check_disk: Callable[[str, Path], None]) -> list[DoctorCheck]:
     """The W&B backend's ``tracker_doctor``: its own checks, then the W&B
     settings that change TLS for every connection (scope ``general``)."""
-    folder = checks.env("WANDB_DIR") or options.dir
-    if folder:
-        check_disk("W&B dir", Path(folder))
+    check_disk("W&B dir", wandb_root(options, {}))
     return [*_checks(options, fallback, start_timeout, timeout), *_tls_settings()]

@@ -8,12 +8,13 @@ import configparser
 import netrc
 import os
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, Mapping
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Mode", "WandbCredentialsError", "WandbOptions", "has_credentials", "resolve_base_url", "resolve_mode"]
+__all__ = ["Mode", "WandbCredentialsError", "WandbOptions", "has_credentials", "resolve_base_url", "resolve_mode",
+           "wandb_root"]
 
 _LEGACY_MODES: Final = {"dryrun": "offline", "run": "online"}
 _FALLBACK_BASE_URL: Final = "https://api.wandb.ai"
@@ -52,14 +53,15 @@ class WandbOptions(BaseModel):
     mode: Mode | None = Field(
         None,
         description="`online` (needs an API key: `WANDB_API_KEY` or `wandb login`), `offline` (write "
-        "`wandb/offline-run-*` to upload later with `wandb sync`) or `disabled` (no W&B files at all). "
-        "`WANDB_MODE`, when set, overrides it. Default: online.",
+        "`wandb/offline-run-*` under `dir` to upload later with `wandb sync`) or `disabled` (no W&B files at "
+        "all). `WANDB_MODE`, when set, overrides it. Default: online.",
         examples=["offline"],
     )
     dir: Path | None = Field(
         None,
-        description="Folder under which W&B writes its `wandb/` folder. `WANDB_DIR`, when set, overrides it. "
-        "Default: the foundry-track run directory, so W&B's files live next to the journal.",
+        description="Folder under which W&B writes its `wandb/` folder (`<dir>/wandb/offline-run-*`). "
+        "`WANDB_DIR`, when set, overrides it. Default: W&B's own, the working directory (`./wandb`); a resumed "
+        "or synced run keeps the folder its first start used, from whatever directory it runs.",
         examples=["/scratch/wandb"],
     )
     base_url: str | None = Field(
@@ -99,6 +101,24 @@ def _env(name: str) -> str | None:
     """An environment variable, with empty meaning unset (as W&B treats it)."""
     value = os.environ.get(name, "").strip()
     return value or None
+
+
+def wandb_root(options: WandbOptions, resume_state: Mapping[str, str]) -> Path:
+    """The absolute folder W&B makes its ``wandb/`` folder in (``wandb.init(dir=...)``).
+
+    ``WANDB_DIR``, then the ``dir`` option, then the folder the run's earlier
+    start used (its identity's ``dir`` is ``<root>/wandb/<run folder>``; a
+    resume or ``foundry-track sync`` from another working directory then adds
+    to the same ``wandb/`` folder), else W&B's default: the working directory.
+    Absolute, so the identity and checkpoints name files any directory finds.
+    """
+    chosen = _env("WANDB_DIR") or options.dir
+    if chosen is not None:
+        return Path(chosen).expanduser().absolute()
+    previous = resume_state.get("dir")
+    if previous:
+        return Path(previous).parent.parent
+    return Path.cwd()
 
 
 def resolve_mode(options: WandbOptions) -> tuple[Mode, str]:
