@@ -192,10 +192,14 @@ def _viewer_hints(trainer: Trainer) -> list[str]:
     hints = []
     if "tensorboard" in backend_ids and trainer.run.dir is not None:  # --logdir on the folder of all runs compares them
         hints.append(f"TensorBoard: tensorboard --logdir {os.path.relpath(trainer.run.dir.parent)}")
-    mlflow = (trainer.config.tracking_config().backends.get("mlflow") or {})
     if "mlflow" in backend_ids:
-        uri = mlflow.get("tracking_uri") or "mlruns"
-        hints.append(f"MLflow:      mlflow ui --backend-store-uri {uri}")
+        # The URI the backend resolved (password masked), not a guess: MLflow 3 refuses ./mlruns.
+        mlflow_id = backend_ids["mlflow"]
+        uri = mlflow_id.get("tracking_uri") or "sqlite:///mlflow.db"
+        if uri.startswith(("http://", "https://")):
+            hints.append(f"MLflow:      {mlflow_id.get('url') or uri}")
+        else:
+            hints.append(f"MLflow:      mlflow ui --backend-store-uri {uri}")
     wandb_id = backend_ids.get("wandb") or {}
     if wandb_id.get("url"):
         hints.append(f"W&B:         {wandb_id['url']}")
