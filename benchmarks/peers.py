@@ -1,34 +1,50 @@
-"""foundry-track side by side with what people use today, in one process.
+"""What tracking costs a training step: foundry-track side by side with what
+people use today, in one process.
 
-    python benchmarks/peers.py [--steps 300] [--step-ms 10] [--step-kind train|sleep|compute]
-                               [--also 1:train,10:sleep] [--hot-steps 5000]
-                               [--backends wandb,tensorboard,mlflow] [--write-docs]
+    python benchmarks/peers.py [--step-ms 1,10] [--step-kind train|sleep|compute]
+                               [--steps 500] [--block 100] [--repeat 1]
+                               [--also 10:sleep] [--hot-steps 2000]
+                               [--backends wandb,tensorboard,mlflow] [--cases ...] [--write-docs]
 
-One case after another, on the same machine, each logging 10 scalars per step
-for ``--steps`` steps to W&B (offline), TensorBoard and a throwaway ``mlflow
-server`` on 127.0.0.1 that this script starts:
+The headline is **wall time per training step, tracked over untracked**. Each
+case logs 10 scalars per step to W&B (offline), TensorBoard and a throwaway
+``mlflow server`` on 127.0.0.1 that this script starts:
 
-  control             ``dict(metrics)``: no tracker; the floor of any Python call in these conditions
+  control             ``dict(metrics)``: no tracker; its ratio is the method's noise floor
   direct SDKs         wandb ``run.log`` + ``SummaryWriter.add_scalar`` x10 + ``mlflow.log_metrics``
   Lightning loggers   WandbLogger, TensorBoardLogger, MLFlowLogger: ``log_metrics(metrics, step)``
                       then ``save()``, as Lightning's trainer calls them each time it logs
   Accelerate          ``Accelerator(log_with=[...])``, ``init_trackers``, ``accelerator.log(values, step=)``
   MLflow async        ``mlflow.log_metrics(..., synchronous=False)`` (MLflow only)
-  foundry-track       ``run.log(metrics, step=)`` with the wandb, tensorboard and mlflow backends
-  foundry-track, delivery: process   the same, the backends in the delivery process
+  foundry-track       ``run.log(metrics, step=)`` with the wandb, tensorboard and mlflow backends,
+                      the default config; then with ``delivery: thread`` and ``delivery: process``
 
-Between two log calls the loop runs a training step of ``--step-ms``: by
-default real training steps of a small MLP (torch, CPU, one thread); or a
-sleep (the interpreter free, as while a loop waits on the GPU), or CPU matrix
-products (``--step-kind``). Per case it reports the cost of the log call(s) as
-the training loop sees it (p50, p99, mean), the loop's wall time per step,
-the blocking set-up time, the time to finish (flush and close), and whether
-every backend received every step, read back with each tracker's own reader.
-A case that loses data says so. Then the control and foundry-track again with
-the other training steps of ``--also`` (the cost of a call depends on how
-cold the CPU caches are when it runs), and for ``--hot-steps`` steps back to
-back (no training step: hot caches, and the backends draining 1,000s of steps
-behind).
+The training step between two log calls is real training steps of a small
+MLP (torch, CPU, one thread): a fixed number of them, as many as take
+``--step-ms`` here (1 ms and 10 ms by default), counted once at the start, so
+whatever a tracker takes from the training thread makes the step longer, as
+in a real loop (``--step-kind sleep`` leaves the interpreter free instead, as
+while a loop waits on a GPU). Per case, in one process and one tracker
+session, the loop alternates blocks of ``--block`` untracked steps (the same
+step and metrics dict, no log call) and ``--block`` tracked steps,
+``--steps / --block`` pairs of them (untracked first, then tracked first, and
+so on), so whatever the machine does meanwhile weighs on both alike. The
+ratio is the median wall time per step of the tracked blocks over that of
+the untracked blocks. Before the first block the case logs tracked warm-up
+steps and waits until every backend has delivered them (foundry-track starts
+its trackers in the background); after each tracked block it waits, untimed,
+until its trackers hold every step logged so far, so that no untracked block
+pays for a tracker still delivering the previous block.
+
+Secondary columns: the cost of the log call(s) as the loop sees it (p50,
+p99), the blocking set-up, the finish (flush and close), and whether every
+backend received every logged step, read back with each tracker's own reader.
+``--repeat K`` runs everything K times (the order of the cases reversed every
+other time) and reports per case the median of the K ratios. ``--also`` runs
+the control and foundry-track with other training steps, ``--hot-steps`` with
+none at all (one block each: the backends thousands of steps behind, the
+call as cheap as it gets). Garbage collection stays on, as in a training
+loop: a collection that a tracker's allocations trigger is its cost.
 
 Peers come from the ``bench`` extra: ``pip install 'foundry-track[bench]'``.
 """
@@ -42,17 +58,19 @@ import importlib.util
 import logging
 import os
 import secrets
+import statistics
 import sys
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from _common import (
     IMG_DIR,
     Stats,
+    command_line,
     expected_values,
     fmt_s,
     fmt_us,
@@ -69,47 +87,133 @@ from _readback import Received, compare, mlflow_values, tensorboard_values, wand
 BACKENDS = ("wandb", "tensorboard", "mlflow")
 LABEL = {"wandb": "W&B", "tensorboard": "TB", "mlflow": "MLflow"}
 FT = "foundry-track"
-FT_PROCESS = "foundry-track, delivery: process"
+#: The longest a case's warm-up waits for its trackers to start, and a settle for them to catch up.
+START_TIMEOUT_S = 180.0
+SETTLE_TIMEOUT_S = 120.0
+#: Tracked steps logged before the trackers are waited for and the blocks begin.
+WARMUP_STEPS = 100
+
+Log = Callable[[dict[str, float], int], Any]
+
+
+def _untracked(metrics: dict[str, float], step: int) -> None:
+    """The untracked blocks' stand-in for the log call: nothing."""
 
 
 @dataclass
 class Harness:
     """One case once set up: the call the training loop makes, and how to close it."""
 
-    log: Callable[[dict[str, float], int], None]
+    log: Log
     finish: Callable[[], None]
     backends: tuple[str, ...]
     #: where to read each backend back: a directory (W&B, TensorBoard) or an MLflow experiment name
     places: dict[str, Any] = field(default_factory=dict)
     #: per-SDK samples, for the case that can time its calls one by one
     parts: dict[str, list[int]] = field(default_factory=dict)
+    #: the trackers have started (the warm-up goes on until then); the synchronous peers start in set-up
+    ready: Callable[[], bool] = lambda: True
+    #: the trackers hold the first n logged steps; None: nothing is delivered after the call returns
+    caught_up: Callable[[int], bool] | None = None
+    #: the row's name when the set-up decides it (foundry-track's default config names its delivery)
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The training step between two log calls; 0 ms: none (back to back)."""
+
+    ms: float
+    kind: str
+
+    def __str__(self) -> str:
+        return f"{self.ms:g} ms {self.kind}" if self.ms > 0 else "none"
 
 
 @dataclass
 class Result:
+    """One case in one setting, once."""
+
+    case: str
     name: str
     backends: tuple[str, ...]
-    stats: Stats
+    setting: Setting
+    untracked: list[float]  # wall seconds per step, one per untracked block
+    tracked: list[float]  # wall seconds per step, one per tracked block, in the same order
+    samples: list[int]  # ns per log call, every measured tracked step
     setup_s: float
-    loop_s: float
+    warmup_steps: int
+    warmup_s: float
     finish_s: float
     received: dict[str, Received]
-    steps: int
-    step_ms: float
-    step_kind: str
-    parts: dict[str, Stats] = field(default_factory=dict)
+    parts: dict[str, list[int]] = field(default_factory=dict)
 
     @property
-    def setting(self) -> tuple[float, str]:
-        return (self.step_ms, self.step_kind if self.step_ms > 0 else "")
-
-    @property
-    def wall_per_step_s(self) -> float:
-        return self.loop_s / self.steps
+    def ratio(self) -> float:
+        return statistics.median(self.tracked) / statistics.median(self.untracked)
 
     @property
     def complete(self) -> bool:
         return all(r.complete for r in self.received.values())
+
+
+@dataclass
+class Row:
+    """One case in one setting, over the ``--repeat`` runs."""
+
+    runs: list[Result]
+
+    @property
+    def first(self) -> Result:
+        return self.runs[0]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(r.ratio for r in self.runs)
+
+    @property
+    def untracked_ms(self) -> float:
+        return statistics.median(statistics.median(r.untracked) for r in self.runs) * 1e3
+
+    @property
+    def tracked_ms(self) -> float:
+        return statistics.median(statistics.median(r.tracked) for r in self.runs) * 1e3
+
+    @property
+    def pair_ratios(self) -> list[float]:
+        """Each pair of blocks' own ratio, every run: how much the ratio moves from block to block."""
+        return sorted(t / u for r in self.runs for u, t in zip(r.untracked, r.tracked))
+
+    @property
+    def call(self) -> Stats:
+        return Stats.of([s for r in self.runs for s in r.samples])
+
+    @property
+    def parts(self) -> dict[str, Stats]:
+        return {k: Stats.of([s for r in self.runs for s in r.parts.get(k, ())]) for k in self.first.parts}
+
+    @property
+    def setup_s(self) -> float:
+        return statistics.median(r.setup_s for r in self.runs)
+
+    @property
+    def finish_s(self) -> float:
+        return statistics.median(r.finish_s for r in self.runs)
+
+    @property
+    def complete(self) -> bool:
+        return all(r.complete for r in self.runs)
+
+    def delivered(self) -> str:
+        """``yes``, ``-`` (no tracker), or what was lost, per backend, in the worst run."""
+        if not self.first.backends:
+            return "-"
+        if self.complete:
+            dup = [f"{LABEL[b]} +{v.points - v.expected} dup" for r in self.runs for b, v in r.received.items()
+                   if v.points > v.expected]
+            return "yes" + (f" ({', '.join(dup)})" if dup else "")
+        lost = {f"{LABEL[b]} {v}" for r in self.runs for b, v in r.received.items() if not v.complete}
+        return "NO: " + ", ".join(sorted(lost))
 
 
 @dataclass
@@ -130,7 +234,7 @@ class Env:
 
 def direct_sdks(env: Env, case_dir: Path) -> Harness:
     """What a training loop without a wrapper calls: each SDK, synchronously."""
-    calls: list[tuple[str, Callable[[dict[str, float], int], Any]]] = []
+    calls: list[tuple[str, Log]] = []
     closers: list[Callable[[], None]] = []
     places: dict[str, Any] = {}
     if "wandb" in env.backends:
@@ -155,10 +259,11 @@ def direct_sdks(env: Env, case_dir: Path) -> Harness:
     if "mlflow" in env.backends:
         import mlflow
 
-        mlflow.start_run(experiment_id=mlflow.create_experiment(env.experiment("direct")))
+        experiment = env.experiment(case_dir.name)
+        mlflow.start_run(experiment_id=mlflow.create_experiment(experiment))
         calls.append(("mlflow", lambda m, s: mlflow.log_metrics(m, step=s)))
         closers.append(mlflow.end_run)
-        places["mlflow"] = env.experiment("direct")
+        places["mlflow"] = experiment
     parts: dict[str, list[int]] = {name: [] for name, _ in calls}
     clock = time.perf_counter_ns
 
@@ -191,8 +296,8 @@ def lightning_loggers(env: Env, case_dir: Path) -> Harness:
         loggers.append(TensorBoardLogger(save_dir=str(case_dir / "tb"), name="lightning"))
         places["tensorboard"] = case_dir / "tb"
     if "mlflow" in env.backends:
-        loggers.append(MLFlowLogger(experiment_name=env.experiment("lightning"), tracking_uri=env.uri))
-        places["mlflow"] = env.experiment("lightning")
+        loggers.append(MLFlowLogger(experiment_name=env.experiment(case_dir.name), tracking_uri=env.uri))
+        places["mlflow"] = env.experiment(case_dir.name)
     for logger in loggers:
         logger.experiment  # the trainer creates each run at setup, not in the first step  # noqa: B018
 
@@ -220,9 +325,9 @@ def accelerate_trackers(env: Env, case_dir: Path) -> Harness:
 
     accelerator = Accelerator(log_with=list(env.backends), project_dir=str(case_dir / "tb"))
     # The project name is also the MLflow experiment's and the TensorBoard run's.
-    accelerator.init_trackers(env.experiment("accelerate"),
+    accelerator.init_trackers(env.experiment(case_dir.name),
                               init_kwargs={"wandb": {"dir": str(case_dir), "mode": "offline"}})
-    places = {"wandb": case_dir, "tensorboard": case_dir / "tb", "mlflow": env.experiment("accelerate")}
+    places = {"wandb": case_dir, "tensorboard": case_dir / "tb", "mlflow": env.experiment(case_dir.name)}
     return Harness(lambda m, s: accelerator.log(m, step=s), accelerator.end_training, env.backends,
                    {b: places[b] for b in env.backends})
 
@@ -231,34 +336,62 @@ def mlflow_async(env: Env, case_dir: Path) -> Harness:
     """MLflow's own answer to slow logging: queue the call, send it from a thread."""
     import mlflow
 
-    mlflow.start_run(experiment_id=mlflow.create_experiment(env.experiment("mlflow-async")))
+    experiment = env.experiment(case_dir.name)
+    mlflow.start_run(experiment_id=mlflow.create_experiment(experiment))
 
     def finish() -> None:
         mlflow.flush_async_logging()
         mlflow.end_run()
 
+    def caught_up(_logged: int) -> bool:
+        mlflow.flush_async_logging()
+        return True
+
     return Harness(lambda m, s: mlflow.log_metrics(m, step=s, synchronous=False), finish, ("mlflow",),
-                   {"mlflow": env.experiment("mlflow-async")})
+                   {"mlflow": experiment}, caught_up=caught_up)
 
 
-def foundry_track(env: Env, case_dir: Path, delivery: str = "thread") -> Harness:
+def foundry_track(env: Env, case_dir: Path, delivery: str | None = None) -> Harness:
+    """``run.log``; ``delivery`` None keeps the config's default."""
     import foundry_track as ft
+    from foundry_track.journal import JOURNAL_FILE, Journal
 
     options: dict[str, dict[str, Any]] = {
         "wandb": {"mode": "offline", "dir": str(case_dir)},
         "tensorboard": {"log_dir": str(case_dir / "tb")},
         "mlflow": {"tracking_uri": env.uri, "experiment": env.experiment(case_dir.name)},
     }
-    run = ft.init({"dir": str(case_dir / "runs"), "project": "bench-foundry-track", "flush_timeout": 600,
-                   "delivery": delivery, "backends": {b: options[b] for b in env.backends}})
+    # flush_timeout: finish waits for every step however far behind a backend is (the read-back checks them).
+    config: dict[str, Any] = {"dir": str(case_dir / "runs"), "project": "bench-foundry-track", "flush_timeout": 600,
+                              "backends": {b: options[b] for b in env.backends}}
+    if delivery is not None:
+        config["delivery"] = delivery
+    run = ft.init(config)
+    assert run.dir is not None
+    # Read-only: the positions each backend has made durable (what `foundry-track show` reports).
+    journal = Journal(Path(run.dir) / JOURNAL_FILE, readonly=True)
+    backends = env.backends
+
+    def ready() -> bool:
+        return all(journal.position(b) >= 1 for b in backends)
+
+    def caught_up(logged: int) -> bool:
+        last_step = journal.max_step()
+        if last_step is None or last_step < logged - 1:
+            return False  # the journal's writer has not committed the last step yet
+        last = journal.refresh()
+        return all(journal.position(b) >= last for b in backends)
 
     def finish() -> None:
         undelivered = run.finish()
+        journal.close()
         if any(undelivered.values()):
             print(f"  foundry-track: undelivered after finish: {undelivered}", file=sys.stderr)
 
     places = {"wandb": case_dir, "tensorboard": case_dir / "tb", "mlflow": env.experiment(case_dir.name)}
-    return Harness(run.log, finish, env.backends, {b: places[b] for b in env.backends})
+    label = f"{FT}, delivery: {delivery}" if delivery else f"{FT}, default config (delivery: {run.config.delivery})"
+    return Harness(run.log, finish, backends, {b: places[b] for b in backends}, ready=ready, caught_up=caught_up,
+                   label=label)
 
 
 def control(env: Env, case_dir: Path) -> Harness:
@@ -273,9 +406,12 @@ CASES: dict[str, tuple[str, Callable[[Env, Path], Harness], str | None]] = {
     "lightning": ("Lightning loggers", lightning_loggers, "pytorch_lightning"),
     "accelerate": ("Accelerate trackers", accelerate_trackers, "accelerate"),
     "mlflow-async": ("MLflow synchronous=False", mlflow_async, None),
-    "foundry-track": (FT, foundry_track, None),
-    "foundry-track-process": (FT_PROCESS, lambda env, case_dir: foundry_track(env, case_dir, "process"), None),
+    "foundry-track": (f"{FT}, default config", foundry_track, None),
+    "foundry-track-thread": (f"{FT}, delivery: thread", lambda env, d: foundry_track(env, d, "thread"), None),
+    "foundry-track-process": (f"{FT}, delivery: process", lambda env, d: foundry_track(env, d, "process"), None),
 }
+#: The cases that also run in the --also and --hot-steps settings.
+OURS = ("control", "foundry-track", "foundry-track-thread", "foundry-track-process")
 
 
 def warm_up_mlflow(uri: str) -> None:
@@ -299,89 +435,146 @@ def warm_up_mlflow(uri: str) -> None:
 # --------------------------------------------------------------------------- #
 
 
-def training_step(ms: float, kind: str) -> Callable[[], None] | None:
-    """The work between two log calls, ``ms`` long.
+def training_step(setting: Setting) -> tuple[Callable[[], None] | None, str]:
+    """The work between two log calls, about ``setting.ms`` long, and what it is.
 
     ``train`` (the default): real training steps of a small MLP (forward,
-    backward, SGD update; torch on one thread), repeated to last ``ms``: what
-    a training loop on the CPU does between two log calls. ``sleep``: the
-    interpreter is free, as while a loop waits on the GPU (``loss.item()``, a
-    synchronising kernel); the trackers' own threads run meanwhile, and the
-    idle core's caches go cold. ``compute``: 1-thread 128x128 torch matrix
-    products, a CPU step that releases the GIL inside each product but takes
-    it back between them, so threads that hold the GIL delay the step (see
-    "wall/step"). Whatever the step, the CPU caches the log call used are
-    colder when it runs again than back to back: the control's
-    ``dict(metrics)`` measures how much colder.
+    backward, SGD update; torch on one thread): what a training loop on the
+    CPU does between two log calls. ``compute``: 1-thread 128x128 torch
+    matrix products, a CPU step that releases the GIL inside each product but
+    takes it back between them. Both are a fixed amount of work, the number
+    of MLP iterations (products) that takes ``ms`` here, counted once before
+    the cases run; so whatever a tracker takes from the training thread (the
+    interpreter, a core, the caches) makes the step longer, as in a real
+    loop. ``sleep``: the interpreter is free, as while a loop waits on the
+    GPU (``loss.item()``, a synchronising kernel): the GPU's time is fixed,
+    the trackers' threads run meanwhile, and the step is longer only when
+    the loop cannot get the interpreter back when the wait ends.
     """
-    if ms <= 0:
-        return None
-    seconds = ms / 1e3
-    if kind == "sleep":
-        return lambda: time.sleep(seconds)
+    if setting.ms <= 0:
+        return None, "none"
+    seconds = setting.ms / 1e3
+    if setting.kind == "sleep":
+        return (lambda: time.sleep(seconds)), f"time.sleep({seconds:g})"
     import torch
 
     torch.set_num_threads(1)  # one core for the step; the trackers' processes get the other(s)
-    now = time.perf_counter
-    if kind == "compute":
+    if setting.kind == "compute":
         a = torch.randn(128, 128)
         mm = torch.mm
 
-        def step() -> None:
-            end = now() + seconds
-            while now() < end:
-                mm(a, a)
+        def one() -> None:
+            mm(a, a)
 
-        return step
+        unit, detail = "128x128 matrix product", "torch.mm, one thread"
+    else:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(128, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        x, y = torch.randn(64, 128), torch.randint(0, 10, (64,))
+        loss_fn = torch.nn.functional.cross_entropy
 
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(128, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = torch.randn(64, 128), torch.randint(0, 10, (64,))
-    loss_fn = torch.nn.functional.cross_entropy
-
-    def train() -> None:
-        end = now() + seconds
-        while now() < end:
+        def one() -> None:
             loss = loss_fn(model(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
 
-    return train
+        unit, detail = "MLP training iteration", "128-512-10, batch 64, SGD, one thread"
+    for _ in range(20):  # warm caches and torch's first-call paths
+        one()
+    per_unit = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        for _ in range(10):
+            one()
+        per_unit.append((time.perf_counter() - t0) / 10)
+    n = max(1, round(seconds / statistics.median(per_unit)))
+
+    def step() -> None:
+        for _ in range(n):
+            one()
+
+    return step, f"{n} {unit}{'s' if n != 1 else ''} ({detail})"
 
 
-def run_case(name: str, env: Env, steps: int, step_ms: float, step_kind: str, tag: str = "") -> Result:
-    label, setup, _ = CASES[name]
-    case_dir = env.tmp / (name + tag)
-    case_dir.mkdir()
-    work = training_step(step_ms, step_kind)
-    gc.collect()
-    t0 = time.perf_counter()
-    harness = setup(env, case_dir)
-    setup_s = time.perf_counter() - t0
-    samples = [0] * steps
+def run_block(work: Callable[[], None] | None, log: Log, first: int, n: int, samples: list[int]) -> float:
+    """``n`` steps: the training step, the metrics dict, the (timed) log call.
+    Returns the wall seconds per step. Tracked and untracked blocks run this
+    same loop; an untracked block's ``log`` does nothing."""
     clock = time.perf_counter_ns
-    log = harness.log
-    # No collection inside the loop: a gen-2 pass of a process holding three SDKs
-    # costs milliseconds and would land on whichever case happened to trigger it.
-    gc.disable()
-    loop_start = time.perf_counter()
-    for step in range(steps):
+    start = clock()
+    for step in range(first, first + n):
         if work is not None:
             work()
         # Built after the step and before the clock, as a training loop builds
-        # what it logs from what the step returned: the same for every case.
+        # what it logs from what the step returned: the same in every block.
         metrics = step_metrics(step)
-        t0_ns = clock()
+        t0 = clock()
         log(metrics, step)
-        samples[step] = clock() - t0_ns
-    loop_s = time.perf_counter() - loop_start
-    gc.enable()
+        samples.append(clock() - t0)
+    return (clock() - start) / 1e9 / n
+
+
+def run_case(name: str, env: Env, setting: Setting, work: Callable[[], None] | None, pairs: int, block: int,
+             tag: str = "") -> Result:
+    label, setup, _ = CASES[name]
+    case_dir = env.tmp / (name + tag)
+    case_dir.mkdir()
+    gc.collect()  # what earlier cases left is not collected on this one's time
+    t0 = time.perf_counter()
+    harness = setup(env, case_dir)
+    setup_s = time.perf_counter() - t0
+    log = harness.log
+    ignored: list[int] = []
+
+    def settle() -> None:
+        """Untimed: wait until the trackers hold every step logged so far."""
+        if harness.caught_up is not None:
+            try:
+                deadline = time.monotonic() + SETTLE_TIMEOUT_S
+                while not harness.caught_up(logged):
+                    if time.monotonic() > deadline:
+                        print(f"  {name}: the trackers are still behind after {SETTLE_TIMEOUT_S:.0f} s; going on",
+                              file=sys.stderr)
+                        break
+                    time.sleep(0.002)
+            except Exception as exc:  # noqa: BLE001 - a probe that fails must not end the measurement
+                print(f"  {name}: could not tell whether the trackers caught up ({exc!r})", file=sys.stderr)
+
+    # Warm-up, outside the ratio: tracked steps, then wait until every tracker runs and holds them
+    # (foundry-track starts its backends in the background; the peers' set-up blocks until they run).
+    t0 = time.perf_counter()
+    warmup_steps = logged = min(block, WARMUP_STEPS)  # the steps logged so far are 0 .. logged-1
+    run_block(work, log, 0, warmup_steps, ignored)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not harness.ready():
+        if time.monotonic() > deadline:
+            print(f"  {name}: a tracker has delivered nothing after {START_TIMEOUT_S:.0f} s; going on", file=sys.stderr)
+            break
+        time.sleep(0.01)
+    settle()
+    warmup_s = time.perf_counter() - t0
+    untracked: list[float] = []
+    tracked: list[float] = []
+    samples: list[int] = []
+    for i in range(pairs):
+        for is_tracked in ((False, True) if i % 2 == 0 else (True, False)):
+            if is_tracked:
+                tracked.append(run_block(work, log, logged, block, samples))
+                logged += block
+                if i < pairs - 1 or i % 2 == 1:  # after the last block, what is behind is finish's
+                    settle()
+            else:
+                untracked.append(run_block(work, _untracked, logged, block, ignored))
+        ignored.clear()
+    if harness.parts:  # the warm-up's calls are not in the call statistics
+        for part in harness.parts.values():
+            del part[:warmup_steps]
     t0 = time.perf_counter()
     harness.finish()
     finish_s = time.perf_counter() - t0
-    expected = expected_values(steps)
+    expected = expected_values(logged)
     received: dict[str, Received] = {}
     for backend in harness.backends:
         place = harness.places[backend]
@@ -393,10 +586,8 @@ def run_case(name: str, env: Env, steps: int, step_ms: float, step_kind: str, ta
             assert env.uri is not None
             got = mlflow_values(env.uri, place)
         received[backend] = compare(expected, got)
-    parts = {k: Stats.of(v) for k, v in harness.parts.items() if v}
-    return Result(label, harness.backends, Stats.of(samples), setup_s, loop_s, finish_s, received, steps, step_ms,
-                  step_kind,
-                  parts)
+    return Result(name, harness.label or label, harness.backends, setting, untracked, tracked, samples, setup_s,
+                  warmup_steps, warmup_s, finish_s, received, harness.parts)
 
 
 # --------------------------------------------------------------------------- #
@@ -404,75 +595,103 @@ def run_case(name: str, env: Env, steps: int, step_ms: float, step_kind: str, ta
 # --------------------------------------------------------------------------- #
 
 
-def _ratio(value: float, reference: float) -> str:
-    r = value / reference
-    return f"{r:,.0f}x" if r >= 10 else f"{r:.1f}x"
-
-
-def _step_label(r: Result) -> str:
-    return f"{r.step_ms:g} ms {r.step_kind}" if r.step_ms > 0 else "none"
-
-
-def _rows(results: list[Result], markdown: bool) -> tuple[list[str], list[list[str]]]:
-    """One row per case; ratios against foundry-track measured with the same training step."""
-    ref = {r.setting: r for r in results if r.name == FT}
-    header = ["case", "backends", "step", "p50", "p99", "mean", "p50 vs ft", "p99 vs ft", "wall/step", "set-up",
-              "finish", "received"]
-    rows = []
+def group(results: Sequence[Result]) -> list[Row]:
+    """The runs of each (case, setting), in the order of the first run."""
+    rows: dict[tuple[str, Setting], Row] = {}
     for r in results:
-        ft = ref.get(r.setting)
-        name = f"**{r.name}**" if markdown and r.name in (FT, FT_PROCESS) else r.name
-        rows.append([
-            name, "+".join(LABEL[b] for b in r.backends) or "-", _step_label(r),
-            fmt_us(r.stats.p50), fmt_us(r.stats.p99), fmt_us(r.stats.mean),
-            _ratio(r.stats.p50, ft.stats.p50) if ft and r.backends else "-",
-            _ratio(r.stats.p99, ft.stats.p99) if ft and r.backends else "-",
-            fmt_us(r.wall_per_step_s * 1e6), fmt_s(r.setup_s), fmt_s(r.finish_s),
-            ", ".join(f"{LABEL[b]} {v}" for b, v in r.received.items()) or "-",
-        ])
-    return header, rows
+        rows.setdefault((r.case, r.setting), Row([])).runs.append(r)
+    settings = list(dict.fromkeys(r.setting for r in results))
+    order = {name: i for i, name in enumerate(CASES)}
+    return sorted(rows.values(), key=lambda row: (settings.index(row.first.setting), order[row.first.case]))
+
+
+def _is_ours(row: Row) -> bool:
+    return row.first.case.startswith(FT)
+
+
+def _x(ratio: float) -> str:
+    return f"{ratio:,.0f}x" if ratio >= 100 else f"{ratio:.2f}x" if ratio >= 10 else f"{ratio:.3f}x"
+
+
+def _ms(ms: float) -> str:
+    return f"{ms:.3f}" if ms < 10 else f"{ms:.2f}"
+
+
+def _rows(rows: list[Row], markdown: bool) -> tuple[list[str], list[list[str]]]:
+    repeat = len(rows[0].runs) if rows else 1
+    header = ["case", "backends", "step", "untracked ms/step", "tracked ms/step", "tracked/untracked"]
+    if repeat > 1:
+        header.append(f"each of the {repeat} runs")
+    header += ["block pairs p10-p90", "call p50", "call p99", "set-up", "finish", "every event delivered"]
+    out = []
+    for row in rows:
+        name, ratio = row.first.name, _x(row.ratio)
+        if markdown and _is_ours(row):
+            name, ratio = f"**{name}**", f"**{ratio}**"
+        pairs = row.pair_ratios
+        line = [name, "+".join(LABEL[b] for b in row.first.backends) or "-", str(row.first.setting),
+                _ms(row.untracked_ms), _ms(row.tracked_ms), ratio]
+        if repeat > 1:
+            line.append(", ".join(_x(r.ratio) for r in row.runs))
+        lo, hi = pairs[round(0.1 * (len(pairs) - 1))], pairs[round(0.9 * (len(pairs) - 1))]
+        line += [f"{_x(lo)} - {_x(hi)}",
+                 fmt_us(row.call.p50), fmt_us(row.call.p99), fmt_s(row.setup_s), fmt_s(row.finish_s),
+                 row.delivered()]
+        out.append(line)
+    return header, out
 
 
 _CALLS = {"wandb": "wandb `run.log(10 scalars, step=)`", "tensorboard": "`SummaryWriter.add_scalar` x10",
           "mlflow": "`mlflow.log_metrics(10 scalars, step=)`"}
 
 
-def _parts_rows(results: list[Result]) -> list[list[str]]:
-    return [[_CALLS[b], fmt_us(s.p50), fmt_us(s.p99), fmt_us(s.mean)] for r in results for b, s in r.parts.items()]
+def _parts_rows(rows: list[Row]) -> list[list[str]]:
+    return [[_CALLS[b], str(row.first.setting), fmt_us(s.p50), fmt_us(s.p99), fmt_us(s.mean)]
+            for row in rows for b, s in row.parts.items()]
 
 
-def plot(results: list[Result], path: Path) -> None:
-    """Horizontal bars, log scale: p50 and p99 of each case."""
+_TITLE = {"wandb": "W&B (offline)", "tensorboard": "TensorBoard", "mlflow": "a local MLflow server"}
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    """Horizontal bars, log scale: each case's tracked/untracked wall time per step, per setting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
-    names = [f"{r.name}\n{'+'.join(LABEL[b] for b in r.backends) or 'no tracker'}, "
-             + (f"{r.step_ms:g} ms step ({r.step_kind})" if r.step_ms > 0 else f"{r.steps:,} steps back to back")
-             for r in results]
-    fig, ax = plt.subplots(figsize=(8.5, 0.62 * len(results) + 1.5), dpi=110)
-    ys = list(range(len(results)))
-    h = 0.38
-    p50 = [r.stats.p50 for r in results]
-    p99 = [r.stats.p99 for r in results]
-    light = ["#2a9d8f" if r.name in (FT, FT_PROCESS) else "#adb5bd" if not r.backends else "#8d99ae" for r in results]
-    dark = ["#1d6f65" if r.name in (FT, FT_PROCESS) else "#6c757d" if not r.backends else "#4a5568" for r in results]
-    ax.barh([y - h / 2 for y in ys], p50, height=h, color=light, label="p50")
-    ax.barh([y + h / 2 for y in ys], p99, height=h, color=dark, label="p99")
-    for y, a, b in zip(ys, p50, p99):
-        ax.text(a * 1.12, y - h / 2, fmt_us(a), va="center", fontsize=7.5)
-        ax.text(b * 1.12, y + h / 2, fmt_us(b), va="center", fontsize=7.5)
-    for y in range(1, len(results)):
-        if results[y].setting != results[y - 1].setting:  # a line between two settings
+    names = [f"{row.first.name}\n{'+'.join(LABEL[b] for b in row.first.backends) or 'no tracker'}, "
+             + (f"{row.first.setting} step" if row.first.setting.ms > 0 else "no step (back to back)")
+             for row in rows]
+    fig, ax = plt.subplots(figsize=(8.5, 0.5 * len(rows) + 1.6), dpi=110)
+    ys = list(range(len(rows)))
+    ratios = [row.ratio for row in rows]
+    colors = ["#2a9d8f" if _is_ours(row) else "#adb5bd" if not row.first.backends else "#8d99ae" for row in rows]
+    # Bars start at 1x, the untracked step: what sticks out is what tracking adds.
+    ax.barh(ys, [r - 1 for r in ratios], left=1, height=0.6, color=colors)
+    for y, row in zip(ys, rows):
+        if len(row.runs) > 1:
+            ax.plot([r.ratio for r in row.runs], [y] * len(row.runs), "|", color="#333333", markersize=9)
+        ax.text(max([row.ratio, 1.0] + [r.ratio for r in row.runs]) * 1.04, y, _x(row.ratio), va="center",
+                fontsize=7.5)
+    for y in range(1, len(rows)):
+        if rows[y].first.setting != rows[y - 1].first.setting:  # a line between two settings
             ax.axhline(y - 0.5, color="#999999", linewidth=0.8, linestyle="--")
+    ax.axvline(1, color="#333333", linewidth=0.8)
     ax.set_xscale("log")
+    top = max(ratios + [1.1]) * 2
+    ticks = [t for t in (1, 1.5, 2, 3, 5, 10, 20, 50, 100, 1000) if t <= top]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks], fontsize=7.5)
+    ax.set_xlim(min(ratios + [1.0]) * 0.95, top)
     ax.set_yticks(ys, names, fontsize=7.5)
     ax.invert_yaxis()
-    ax.set_xlabel("cost of one step's log call(s) seen by the training loop, microseconds (log scale)")
-    ax.set_xlim(min(p50) / 2, max(p99) * 10)
-    ax.set_title("10 scalars per step to W&B (offline), TensorBoard and a local MLflow server", fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("wall time per training step, tracked / untracked (log scale; 1x: tracking costs nothing)")
+    used = {b for row in rows for b in row.first.backends}
+    ax.set_title("10 scalars per step to " + ", ".join(_TITLE[b] for b in BACKENDS if b in used), fontsize=9)
     ax.grid(axis="x", which="major", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -480,63 +699,72 @@ def plot(results: list[Result], path: Path) -> None:
     plt.close(fig)
 
 
-def _verdicts(results: list[Result]) -> list[str]:
-    """The issue's targets, checked for each foundry-track row; and lost data."""
+def _verdicts(rows: list[Row]) -> list[str]:
+    """For each foundry-track row: the ratio, the step time it adds, the call's cost; and lost data."""
     lines = []
-    slow = {p.setting: p.stats.p50 for p in results if p.name in (CASES["lightning"][0], CASES["accelerate"][0])}
-    floor = {c.setting: c.stats.p50 for c in results if c.name == CASES["control"][0]}
-    for r in results:
-        if r.name not in (FT, FT_PROCESS):
+    floor = {row.first.setting: row for row in rows if row.first.case == "control"}
+    for row in rows:
+        if not _is_ours(row):
             continue
-        setting = ("" if r.name == FT else "(delivery: process) ") + (
-            f"after a {r.step_ms:g} ms step ({r.step_kind})" if r.step_ms > 0 else "back to back")
-        checks = [f"p50 {fmt_us(r.stats.p50)} <= 5 us: {'met' if r.stats.p50 <= 5 else 'NOT met'}",
-                  f"p99 {fmt_us(r.stats.p99)} <= 50 us: {'met' if r.stats.p99 <= 50 else 'NOT met'}"]
-        peers = [v for k, v in slow.items() if k == r.setting] or list(slow.values())
-        if peers:
-            least = min(peers) / r.stats.p50
-            checks.append(f"p50 at least 1,000x below Lightning's and Accelerate's ({least:,.0f}x): "
-                          f"{'met' if least >= 1000 else 'NOT met'}")
-        if r.setting in floor:
-            checks.append(f"the control's dict(metrics) alone: {fmt_us(floor[r.setting])}")
-        if r.setting in floor:
-            wall = {c.setting: c.wall_per_step_s for c in results if c.name == CASES["control"][0]}[r.setting]
-            checks.append(f"wall/step {(r.wall_per_step_s - wall) * 1e3:+.2f} ms against the control's")
-        lines.append(f"foundry-track {setting}: " + "; ".join(checks))
-    lost = [f"{r.name} ({_step_label(r)})" for r in results if not r.complete]
+        added = row.tracked_ms - row.untracked_ms
+        text = (f"{row.first.name}, {row.first.setting} step: tracked/untracked {_x(row.ratio)} "
+                f"({added:+.3f} ms per step)")
+        if row.first.setting in floor:
+            text += f", the control's {_x(floor[row.first.setting].ratio)}"
+        call = row.call
+        text += (f"; call p50 {fmt_us(call.p50)} (<= 5 us: {'met' if call.p50 <= 5 else 'NOT met'}), "
+                 f"p99 {fmt_us(call.p99)} (<= 50 us: {'met' if call.p99 <= 50 else 'NOT met'})")
+        lines.append(text)
+    lost = [f"{row.first.name} ({row.first.setting})" for row in rows if not row.complete]
     lines.append("every backend received every step in every case" if not lost
                  else f"DATA LOST by: {', '.join(lost)}")
     return lines
 
 
-def write_docs(results: list[Result], args: argparse.Namespace, server_start_s: float | None,
-               verdicts: list[str]) -> None:
-    header, rows = _rows(results, markdown=True)
+def _describe(args: argparse.Namespace, server_start_s: float | None, steps_text: dict[Setting, str]) -> str:
+    block, pairs = _sizes(args.steps, args.block)
+    steps = "; ".join(f"{s}, {steps_text[s]}" for s in steps_text if s.ms > 0)
+    text = [f"Every case with a {' and a '.join(f'{ms:g} ms' for ms in args.step_ms)} {args.step_kind} step"]
+    if _also(args):
+        text.append(f"; the control and foundry-track also with a {' and a '.join(map(str, _also(args)))} step")
+    if args.hot_steps:
+        text.append(f"; then with none, {args.hot_steps:,} steps back to back (one block of each)")
+    text.append(f". The steps, sized once at the start: {steps}. "
+                f"Per case and step, in one process and one tracker session: {pairs} pairs of a block of {block} "
+                f"untracked and a block of {block} tracked steps, untracked first, then tracked first, and so "
+                "on, after tracked warm-up steps and a wait until every backend has delivered them")
+    if args.repeat > 1:
+        text.append(f"; all of it {args.repeat} times, the order of the cases reversed every other time")
+    text.append(". **tracked/untracked**: median wall time per step of the tracked blocks over that of the "
+                "untracked blocks (the same step and metrics dict, no log call)"
+                + (f", median of the {args.repeat} runs" if args.repeat > 1 else "")
+                + "; block pairs p10-p90: the spread of each pair's own ratio; call p50/p99: the log call(s) "
+                "of one step as the loop sees it; set-up: blocking time to create the runs; finish: flush and "
+                "close after the last step; every event delivered: every logged step, warm-up included, read "
+                "back from each tracker's own storage (TensorBoard event files with EventAccumulator, the "
+                "MLflow server with `get_metric_history`, the W&B offline `.wandb` file).")
+    if server_start_s:
+        text.append(f" The MLflow server took {server_start_s:.1f} s to start (not counted).")
+    return "".join(text)
+
+
+def write_docs(rows: list[Row], args: argparse.Namespace, server_start_s: float | None,
+               verdicts: list[str], steps_text: dict[Setting, str]) -> None:
+    header, table = _rows(rows, markdown=True)
     img = IMG_DIR / "peers.png"
-    plot(results, img)
-    parts = _parts_rows(results)
+    plot([row for row in rows if row.first.setting.ms > 0] or rows, img)  # back to back is no training step
+    parts = _parts_rows(rows)
     body = [
-        f"![Cost of one step's log call(s) per case, log scale](img/{img.name})",
+        f"![Wall time per training step, tracked over untracked, per case (log scale)](img/{img.name})",
         "",
-        markdown_table(header, rows, align="lll" + "r" * 8 + "l"),
+        markdown_table(header, table, align="lll" + "r" * (len(header) - 4) + "l"),
         "",
-        f"{args.steps} steps of 10 scalars per case with a {args.step_ms:g} ms training step ({args.step_kind}) "
-        "between log calls"
-        + (f"; then the control and foundry-track with a {' and a '.join(x.replace(':', ' ms ') for x in args.also.split(',') if x)} step"
-           if args.also else "")
-        + (f"; then {args.hot_steps:,} steps back to back (step: none)" if args.hot_steps else "") + ". "
-        "p50/p99/mean: cost of the log call(s) of one step as the training loop sees it; "
-        "vs ft: that cost divided by foundry-track's, with the same training step; "
-        "wall/step: the loop's wall time per step, training step included; "
-        "set-up: blocking time to create the runs; finish: flush and close after the last step; "
-        "received: read back from each tracker's own storage (TensorBoard event files with EventAccumulator, "
-        "the MLflow server with `get_metric_history`, the W&B offline `.wandb` file)."
-        + (f" The MLflow server took {server_start_s:.1f} s to start (not counted)." if server_start_s else ""),
+        _describe(args, server_start_s, steps_text),
     ]
     body += ["", *(f"- {line}" for line in verdicts)]
     if parts:
         body += ["", "Where the direct case's time goes (each SDK call timed on its own):", "",
-                 markdown_table(["SDK call", "p50", "p99", "mean"], parts)]
+                 markdown_table(["SDK call", "step", "p50", "p99", "mean"], parts)]
     body += ["", provenance()]
     update_doc("peers", "\n".join(body))
 
@@ -544,18 +772,62 @@ def write_docs(results: list[Result], args: argparse.Namespace, server_start_s: 
 # --------------------------------------------------------------------------- #
 
 
+def _sizes(steps: int, block: int) -> tuple[int, int]:
+    """(block, pairs): ``steps`` tracked steps in blocks of ``block`` (fewer steps: one block of them)."""
+    block = max(1, min(block, steps))
+    return block, max(1, steps // block)
+
+
+def _also(args: argparse.Namespace) -> list[Setting]:
+    main = {Setting(ms, args.step_kind) for ms in args.step_ms}
+    extra = []
+    for item in (x for x in args.also.split(",") if x):
+        ms, _, kind = item.partition(":")
+        setting = Setting(float(ms), kind)
+        if setting not in main and setting not in extra:
+            extra.append(setting)
+    return extra
+
+
+def _step_list(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of milliseconds") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more step lengths > 0 ms")
+    return values
+
+
+def _clean_env() -> None:
+    """The default-config row must be the default, the explicit rows what they say: no override from the
+    environment (FOUNDRY_TRACK_DELIVERY would turn every row into one delivery)."""
+    keep = ("FOUNDRY_TRACK_BENCH_DOCS",)
+    for var in [v for v in os.environ if v.startswith("FOUNDRY_TRACK_") and v not in keep]:
+        print(f"ignoring {var}={os.environ.pop(var)!r} (each row sets its own configuration)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300, help="steps per case (10 scalars each)")
-    parser.add_argument("--step-ms", type=float, default=10.0, help="training step between two log calls")
+    parser.add_argument("--step-ms", type=_step_list, default=[1.0, 10.0],
+                        help="training step between two log calls, comma-separated milliseconds: every case runs "
+                        "with each (default 1,10). A step runs for this long, so work a tracker takes from the "
+                        "training thread shows in the wall time per step")
     parser.add_argument("--step-kind", choices=("train", "sleep", "compute"), default="train",
                         help="the training step: MLP training steps (torch, CPU), the interpreter free "
                         "(waiting on a GPU) or CPU matrix products")
-    parser.add_argument("--also", default="1:train,10:sleep",
+    parser.add_argument("--steps", type=int, default=500,
+                        help="measured tracked steps per case and step (as many untracked), in blocks of --block")
+    parser.add_argument("--block", type=int, default=100, help="steps per block (tracked and untracked blocks "
+                        "alternate)")
+    parser.add_argument("--repeat", type=int, default=1, help="run the whole measurement this many times and "
+                        "report the median ratio per case (the figures in the docs: 3)")
+    parser.add_argument("--also", default="",
                         help="then the control and foundry-track again with these other training steps, "
-                        "comma-separated MS:KIND ('' for none)")
-    parser.add_argument("--hot-steps", type=int, default=5000,
-                        help="then the control and foundry-track with this many steps back to back (0: skip)")
+                        "comma-separated MS:KIND (e.g. 10:sleep)")
+    parser.add_argument("--hot-steps", type=int, default=2000,
+                        help="then the control and foundry-track with this many steps back to back, one block "
+                        "of each (0: skip)")
     parser.add_argument("--backends", default=",".join(BACKENDS),
                         help="comma-separated subset of wandb,tensorboard,mlflow (no mlflow: no server is started)")
     parser.add_argument("--mlflow-uri", default=None,
@@ -569,11 +841,13 @@ def main() -> int:
     for extra in (x for x in args.also.split(",") if x):
         ms, _, kind = extra.partition(":")
         try:
-            float(ms)
+            ok = float(ms) > 0
         except ValueError:
-            kind = ""
-        if kind not in ("train", "sleep", "compute"):
-            parser.error(f"--also: {extra!r} is not MS:KIND with KIND train, sleep or compute (e.g. 1:train)")
+            ok = False
+        if not ok or kind not in ("train", "sleep", "compute"):
+            parser.error(f"--also: {extra!r} is not MS:KIND with MS > 0 and KIND train, sleep or compute (e.g. 10:sleep)")
+    if args.steps < 1 or args.block < 1 or args.repeat < 1 or args.hot_steps < 0:
+        parser.error("--steps, --block and --repeat must be >= 1, --hot-steps >= 0")
     unknown = (set(args.backends.split(",")) - set(BACKENDS)) | (set(args.cases.split(",")) - set(CASES))
     if unknown or not backends:
         parser.error(f"unknown or no backends/cases: {sorted(unknown) or args.backends}")
@@ -590,9 +864,19 @@ def main() -> int:
 
     logging.basicConfig(level=logging.ERROR)
     warnings.filterwarnings("ignore")
+    _clean_env()
     print(machine())
+    began = time.perf_counter()
     cwd = Path.cwd()
     results: list[Result] = []
+    steps_text: dict[Setting, str] = {}
+    block, pairs = _sizes(args.steps, args.block)
+    plan: list[tuple[str, Setting, int, int]] = [
+        (name, Setting(ms, args.step_kind), pairs, block) for ms in args.step_ms for name in cases]
+    ours = [name for name in OURS if name in cases]
+    plan += [(name, setting, pairs, block) for setting in _also(args) for name in ours]
+    if args.hot_steps:
+        plan += [(name, Setting(0.0, ""), 1, args.hot_steps) for name in ours]
     folder = (contextlib.nullcontext(tempfile.mkdtemp(prefix="ft-peers-")) if args.keep
               else tempfile.TemporaryDirectory(prefix="ft-peers-"))
     with folder as tmp_name:
@@ -623,41 +907,47 @@ def main() -> int:
 
                 wandb.setup()  # W&B's service process: started once, not charged to the first case
             env = Env(tmp, uri, backends, tag=secrets.token_hex(3))
-            plan = [(name, args.steps, args.step_ms, args.step_kind, "") for name in cases]
-            ours = [name for name in ("control", "foundry-track", "foundry-track-process") if name in cases]
-            for i, extra in enumerate(x for x in args.also.split(",") if x):
-                ms, kind = extra.split(":")
-                if (float(ms), kind) != (args.step_ms, args.step_kind):
-                    plan += [(name, args.steps, float(ms), kind, f"-also{i}") for name in ours]
-            if args.hot_steps:
-                plan += [(name, args.hot_steps, 0.0, "", "-hot") for name in ours]
-            for name, steps, step_ms, step_kind, tag in plan:
-                print(f"running {name}{tag} ({steps} steps) ...", flush=True)
-                result = run_case(name, env, steps, step_ms, step_kind, tag)
-                results.append(result)
-                print(f"  p50 {fmt_us(result.stats.p50)}, p99 {fmt_us(result.stats.p99)}, "
-                      f"finish {fmt_s(result.finish_s)}, received: "
-                      + (", ".join(f"{LABEL[b]} {v}" for b, v in result.received.items()) or "-"), flush=True)
+            work = {}
+            for setting in dict.fromkeys(setting for _, setting, _, _ in plan):  # sized once, the same for all
+                work[setting], steps_text[setting] = training_step(setting)
+                print(f"{setting} step: {steps_text[setting]}")
+            for run in range(args.repeat):
+                # Every other run in reverse: no case always follows the same one.
+                for name, setting, n_pairs, n in (plan if run % 2 == 0 else plan[::-1]):
+                    tag = f"-{setting.ms:g}ms{setting.kind}" + (f"-run{run}" if args.repeat > 1 else "")
+                    print(f"run {run + 1}/{args.repeat}: {name}, {setting} step, {n_pairs} x ({n} untracked + {n} "
+                          "tracked) ...", flush=True)
+                    r = run_case(name, env, setting, work[setting], n_pairs, n, tag)
+                    results.append(r)
+                    print(f"  {_x(r.ratio)}: {statistics.median(r.untracked) * 1e3:.3f} -> "
+                          f"{statistics.median(r.tracked) * 1e3:.3f} ms/step; set-up {fmt_s(r.setup_s)}, "
+                          f"{r.warmup_steps} warm-up steps and trackers ready in {fmt_s(r.warmup_s)}, "
+                          f"finish {fmt_s(r.finish_s)}; received: "
+                          + (", ".join(f"{LABEL[b]} {v}" for b, v in r.received.items()) or "-"), flush=True)
         finally:
             if server is not None:
                 server.stop()
             os.chdir(cwd)
 
-    header, rows = _rows(results, markdown=False)
+    rows = group(results)
+    header, table = _rows(rows, markdown=False)
     print()
-    print("10 scalars per step; cost of the log call(s) of one step:")
-    print(text_table(header, rows))
-    parts = _parts_rows(results)
+    print("10 scalars per step; wall time per training step, tracked / untracked (interleaved blocks):")
+    print(text_table(header, table))
+    parts = _parts_rows(rows)
     if parts:
         print()
-        print(text_table(["direct SDK call", "p50", "p99", "mean"], [[c.replace("`", ""), *x] for c, *x in parts]))
-    verdicts = _verdicts(results)
+        print(text_table(["direct SDK call", "step", "p50", "p99", "mean"], [[c.replace("`", ""), *x]
+                                                                           for c, *x in parts]))
+    verdicts = _verdicts(rows)
+    print()
     print("\n".join(verdicts))
     if args.write_docs:
-        write_docs(results, args, server_start_s, verdicts)
+        write_docs(rows, args, server_start_s, verdicts, steps_text)
         print("wrote docs/performance.md and docs/img/peers.png")
+    print(f"\ntook {fmt_s(time.perf_counter() - began)}; to reproduce: {command_line()}")
     # A peer that loses data is a finding; foundry-track losing data is a bug.
-    return 1 if any(r.name in (FT, FT_PROCESS) and not r.complete for r in results) else 0
+    return 1 if any(_is_ours(row) and not row.complete for row in rows) else 0
 
 
 if __name__ == "__main__":
