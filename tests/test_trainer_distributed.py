@@ -21,8 +21,7 @@ import yaml
 
 from tests.helpers.tb import scalars
 from tests.helpers.wandb_offline import finished_runs
-from tests.test_trainer_run import wandb_steps
-from tests.test_trainer_run import mlflow_client, only_run, tiny
+from tests.test_trainer_run import mlflow_client, only_run, tiny, wandb_steps
 
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
 pytestmark = pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
