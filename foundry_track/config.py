@@ -104,6 +104,17 @@ def read_yaml(path: str | os.PathLike[str], what: str = "config file",
         raise error(f"{path}: YAML syntax error{where}: {problem}") from None
 
 
+def with_overrides(cfg: TrackingConfig, overrides: Mapping[str, Any], origin: str) -> TrackingConfig:
+    """``cfg`` with some fields replaced (``init(project=...)``, an integration's
+    keyword arguments); a bad one raises ConfigError naming ``origin``."""
+    if not overrides:
+        return cfg
+    try:
+        return TrackingConfig.model_validate({**cfg.model_dump(), **overrides})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, TrackingConfig, origin)) from None
+
+
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | TrackingConfig | None) -> TrackingConfig:
     """Build a :class:`TrackingConfig` from a YAML path, a dict or a model.
 

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Mapping
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from foundry_track import distributed
-from foundry_track.config import TrackingConfig, load_config
+from foundry_track.config import TrackingConfig, load_config, with_overrides
 from foundry_track.delivery.process import LOCK_FILE, ProcessDelivery, wait_for_delivery
 from foundry_track.delivery.threads import hooks_for, start_dispatcher, validate_options
 from foundry_track.dispatcher import Dispatcher
-from foundry_track.errors import ConfigError, format_validation_error
+from foundry_track.errors import ConfigError
 from foundry_track.events import STATUSES, RunInfo, Status
 from foundry_track.journal import JOURNAL_FILE, Journal
 from foundry_track.params import redact
@@ -166,13 +166,7 @@ def _start_run(cfg: TrackingConfig, run_dir: Path, run_id: str, name: str, group
 
 def _config(config: str | os.PathLike[str] | Mapping[str, Any] | TrackingConfig | None,
             overrides: Mapping[str, Any]) -> TrackingConfig:
-    cfg = load_config(config)
-    if overrides:
-        try:
-            cfg = TrackingConfig.model_validate({**cfg.model_dump(), **overrides})
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, TrackingConfig, "init()")) from None
-    return cfg
+    return with_overrides(load_config(config), overrides, "init()")
 
 
 def _shared_identity(cfg: TrackingConfig, resume: str | os.PathLike[str] | None,

@@ -18,11 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from pydantic import ValidationError
-
 from foundry_track import distributed
-from foundry_track.config import TrackingConfig, load_config
-from foundry_track.errors import ConfigError, format_validation_error
+from foundry_track.config import TrackingConfig, load_config, with_overrides
 from foundry_track.events import Status
 from foundry_track.run import Run
 from foundry_track.rundir import RUN_FILE
@@ -65,12 +62,7 @@ class RunHandle:
 
     def __init__(self, config: Config, *, version: str | os.PathLike[str] | None = None,
                  overrides: Mapping[str, Any] | None = None) -> None:
-        cfg = load_config(config)
-        if overrides:
-            try:
-                cfg = TrackingConfig.model_validate({**cfg.model_dump(), **overrides})
-            except ValidationError as exc:
-                raise ConfigError(format_validation_error(exc, TrackingConfig, "overrides")) from None
+        cfg = with_overrides(load_config(config), overrides or {}, "overrides")
         self.resume: Path | None = None
         if version is not None:
             if (Path(version) / RUN_FILE).exists() or os.sep in str(version):

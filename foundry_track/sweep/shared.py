@@ -27,8 +27,6 @@ import importlib.util
 import os
 import random
 import re
-import secrets
-import string
 import time
 import warnings
 from collections.abc import Iterator
@@ -40,6 +38,7 @@ from foundry_track.params import mask_credentials
 from foundry_track.sweep.errors import SweepError
 from foundry_track.sweep.sampling import grid_points
 from foundry_track.sweep.spec import SweepSpec, load_spec, parse_spec
+from foundry_track.sweep.storage import new_sweep_id
 from foundry_track.sweep.study import import_optuna, make_pruner, require_optuna
 
 __all__ = [
@@ -56,7 +55,6 @@ __all__ = [
 ATTR: Final = "foundry_track."
 HEARTBEAT: Final = 60  # seconds between an agent's heartbeats; stale after twice that (Optuna's default)
 _SCHEME: Final = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
-_ID_ALPHABET: Final = string.ascii_lowercase + string.digits
 _RETRIES: Final = 3  # how often a point whose agent died is put back
 
 
@@ -216,10 +214,6 @@ class SharedSweep:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _new_id() -> str:
-    return "sweep-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
-
-
 def create_sweep(sweep_file: str | os.PathLike[str], storage: str, *, name: str | None = None,
                  count: int | None = None, config: str | None = None, seed: int | None = None,
                  heartbeat: int = HEARTBEAT) -> str:
@@ -240,7 +234,7 @@ def create_sweep(sweep_file: str | os.PathLike[str], storage: str, *, name: str 
     optuna = import_optuna(spec)
     points = grid_points(spec.params) if spec.method == "grid" else None
     total = min(len(points), count or spec.run_cap or len(points)) if points is not None else count or spec.run_cap
-    sweep_id = name or _new_id()
+    sweep_id = name or new_sweep_id()
     opened = _open_storage(optuna, storage, None)
     try:
         study = optuna.create_study(storage=opened.storage, study_name=sweep_id,

@@ -15,14 +15,12 @@ import contextlib
 import json
 import math
 import os
-import secrets
-import string
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
-from foundry_track.rundir import read_run_file
+from foundry_track.rundir import new_run_id, read_run_file
 from foundry_track.sweep.errors import SweepError
 
 __all__ = [
@@ -35,6 +33,7 @@ __all__ = [
     "SweepResult",
     "Trial",
     "new_sweep_dir",
+    "new_sweep_id",
     "read_state",
     "trials_log_dir",
     "write_state",
@@ -45,7 +44,6 @@ PLOT_FILE: Final = "sweep.png"
 RUNS_DIR: Final = "runs"
 LOGS_DIR: Final = "trials"
 DONE: Final = ("finished", "failed", "pruned")  # a trial in these states is not run again
-_ID_ALPHABET: Final = string.ascii_lowercase + string.digits
 
 
 @dataclass
@@ -172,9 +170,13 @@ class SweepResult:
         }
 
 
+def new_sweep_id() -> str:
+    return "sweep-" + new_run_id()
+
+
 def new_sweep_dir(root: str | os.PathLike[str]) -> tuple[str, Path]:
     """A new sweep's id and its directory, made under ``root``."""
-    sweep_id = "sweep-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+    sweep_id = new_sweep_id()
     directory = Path(root).resolve() / sweep_id
     directory.mkdir(parents=True)
     return sweep_id, directory
