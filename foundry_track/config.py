@@ -67,6 +67,7 @@ class TrackingConfig(BaseModel):
     system_metrics_interval: float | None = Field(None, gt=0, description="Seconds between samples of CPU %, process memory and GPU memory/utilisation, logged as `system/*`; null turns the sampler off.", examples=[10.0])
     per_rank: bool = Field(False, description="Under torchrun: every rank logs its own run `<run>-rank<N>`, grouped; default: rank 0 logs for the job.", examples=[False])
     strict: bool = Field(False, description="Re-raise backend errors instead of isolating them (tests, plugin authors).", examples=[False])
+    delivery_interval: float = Field(1.0, ge=0, le=60, description="Seconds between two deliveries to a backend while the run goes on: each backend gets what was logged meanwhile as one batch, so its fixed cost per call (an HTTP request, a flush) is paid once per interval, whatever the step rate. Metrics show up in the trackers within about this long; `finish()` and `sync` deliver at once. 0 delivers as soon as events are committed.", examples=[1.0])
     delivery: Literal["thread", "process"] = Field("process", description="Where the backends run: `process` (default: a delivery process reads the journal and feeds the backends, so the trackers' SDKs never share the training process's interpreter; it is restarted if it dies, and a backend it cannot import is delivered by threads of the training process, with a notice) or `thread` (a thread per backend in the training process). `FOUNDRY_TRACK_DELIVERY` overrides it.", examples=["thread"])
 
     @field_validator("run_id")

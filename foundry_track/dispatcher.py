@@ -43,6 +43,11 @@ class Dispatcher:
     ``retry_start``: a start that fails for a transient reason is retried in
     the background until ``finish`` (a live run); ``sync`` leaves it off and
     reports the backend as not started.
+
+    ``interval``: seconds between two deliveries to one backend while the run
+    goes on (``tracking.delivery_interval``); 0 delivers as soon as events are
+    committed. Once ``finish`` begins (``closing``), every backend is fed
+    without a pause.
     """
 
     def __init__(
@@ -55,8 +60,11 @@ class Dispatcher:
         fallback: Callable[[str], Worker | None] | None = None,
         on_identity: Callable[[str, dict[str, str]], None] | None = None,
         retry_start: bool = False,
+        interval: float = 0.0,
     ) -> None:
         self.journal = journal
+        #: seconds between two deliveries to one backend while the run goes on (0: as soon as committed)
+        self.interval = interval
         self.run_info = run_info
         self.start_timeout = start_timeout
         self.strict = strict

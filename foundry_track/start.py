@@ -209,16 +209,17 @@ def _start_delivery(cfg: TrackingConfig, info: RunInfo, journal: Journal,
             # own, since the delivery process runs the run's fallback.
             return start_dispatcher(journal, info, {n: chosen[n][1] for n in names},
                                     dict(previous.get("backend_ids", {})), fallback=None,
-                                    start_timeout=cfg.start_timeout, strict=cfg.strict)
+                                    start_timeout=cfg.start_timeout, strict=cfg.strict, interval=cfg.delivery_interval)
 
         return ProcessDelivery.start(
             journal, info.dir, {n: dict(cfg.backends[n] or {}) for n in chosen}, fallback=cfg.fallback,
-            start_timeout=cfg.start_timeout, strict=cfg.strict, deliver_here=deliver_here)
+            start_timeout=cfg.start_timeout, strict=cfg.strict, interval=cfg.delivery_interval,
+            deliver_here=deliver_here)
     if previous:
         wait_for_orphaned_delivery(info.dir, previous)
     return start_dispatcher(journal, info, {n: options for n, (_, options) in chosen.items()},
                             dict(previous.get("backend_ids", {})), fallback=cfg.fallback,
-                            start_timeout=cfg.start_timeout, strict=cfg.strict)
+                            start_timeout=cfg.start_timeout, strict=cfg.strict, interval=cfg.delivery_interval)
 
 
 def wait_for_orphaned_delivery(run_dir: Path, data: Mapping[str, Any]) -> None:

@@ -296,6 +296,7 @@ class Worker:
                     return True
                 journal.wait_for(self.pos, 0.25)
                 continue
+            round_began = time.monotonic()
             for batch in hook_groups(records):
                 if self.abandon.is_set():
                     return False
@@ -312,7 +313,22 @@ class Worker:
                 self._moved(batch.last_seq)
                 if self.buffered and time.monotonic() - self._flushed >= _FLUSH_EVERY and not self._flush():
                     return False
+            if len(records) < BATCH_LIMIT:  # caught up with what was committed: durable now, then rest
+                if self.durable < self.pos and not self._flush():
+                    return False
+                self._rest(round_began + d.interval - time.monotonic())
         return False
+
+    def _rest(self, seconds: float) -> None:
+        """Wait out the rest of the delivery interval, so that a backend gets
+        one batch per interval, whatever the step rate: its fixed cost per call
+        (an HTTP request, a flush, a position saved) is paid once per interval,
+        on the cores the training step uses too. ``finish()`` (``closing``)
+        and giving up (``abandon``) end the rest at once."""
+        end = time.monotonic() + seconds
+        d = self.dispatcher
+        while (left := end - time.monotonic()) > 0 and not d.closing.is_set() and not self.abandon.is_set():
+            d.closing.wait(min(left, 0.25))
 
     def _moved(self, seq: int) -> None:
         self.pos = seq

@@ -31,7 +31,7 @@ from foundry_track.rundir import read_run_file, run_info, update_run_file
 __all__ = ["main"]
 
 _log = logging.getLogger("foundry_track")
-_POLL: Final = 0.02  # how often the child looks for newly committed events
+_POLL: Final = 0.02  # how often the child looks for newly committed events (delivery_interval 0)
 
 
 class _ToParent(logging.Handler):
@@ -84,9 +84,13 @@ class _Lines:
         return line.decode("utf-8")
 
 
-def _follow(journal: Journal, stop: threading.Event) -> None:
-    """Wake the workers when the training process has committed more events."""
-    while not stop.wait(_POLL):
+def _follow(journal: Journal, stop: threading.Event, interval: float) -> None:
+    """Wake the workers when the training process has committed more events.
+    With a delivery interval, a worker reads the journal itself when its rest
+    ends; this only wakes one that found nothing then, so a few looks per
+    interval are enough."""
+    poll = min(0.25, interval / 4) if interval > 0 else _POLL
+    while not stop.wait(poll):
         before = journal.last_seq
         if journal.refresh() > before:
             journal.wake()
@@ -167,11 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     journal = Journal(run_dir / JOURNAL_FILE)
     options, missing = _backend_options(setup.get("backends", {}), journal, run_dir)
     _send(channel, {"missing": missing})  # also tells the training process this one is up
+    interval = float(setup.get("interval", 0.0))
     dispatcher = start_dispatcher(journal, info, options, data.get("backend_ids", {}),
                                   fallback=setup.get("fallback"), start_timeout=float(setup.get("start_timeout", 60)),
-                                  strict=bool(setup.get("strict", False)))
+                                  strict=bool(setup.get("strict", False)), interval=interval)
     stop = threading.Event()
-    follower = threading.Thread(target=_follow, args=(journal, stop), name="foundry-track-follow", daemon=True)
+    follower = threading.Thread(target=_follow, args=(journal, stop, interval), name="foundry-track-follow", daemon=True)
     follower.start()
     line = lines.next(parent)
     orphaned = line is None

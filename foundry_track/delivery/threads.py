@@ -46,7 +46,7 @@ def hooks_for(info: BackendInfo) -> BackendHooks:
 
 def start_dispatcher(journal: Journal, info: RunInfo, options: Mapping[str, BaseModel],
                      backend_ids: Mapping[str, Mapping[str, str]], *, fallback: str | None, start_timeout: float,
-                     strict: bool) -> Dispatcher:
+                     strict: bool, interval: float = 0.0) -> Dispatcher:
     """Start one worker per backend (and the fallback when one cannot start),
     in this process: what ``init`` does, and the delivery process."""
     run_dir = info.dir
@@ -71,7 +71,7 @@ def start_dispatcher(journal: Journal, info: RunInfo, options: Mapping[str, Base
 
     dispatcher = Dispatcher(
         journal, info, start_timeout=start_timeout, strict=strict, fallback=start_fallback,
-        on_identity=lambda n, ident: save_identity(run_dir, n, ident), retry_start=True,
+        on_identity=lambda n, ident: save_identity(run_dir, n, ident), retry_start=True, interval=interval,
     )
     hooks = {name_: hooks_for(found[name_]) for name_ in options}
     for name_, opts in options.items():
