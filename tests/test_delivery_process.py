@@ -153,3 +153,20 @@ def test_delivery_is_checked_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("FOUNDRY_TRACK_DELIVERY", "subprocess")
     with pytest.raises(ft.ConfigError, match="FOUNDRY_TRACK_DELIVERY='subprocess'"):
         ft.init({"dir": str(tmp_path)})
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+def test_the_delivery_process_does_not_preempt_the_training_thread(tmp_path: Path, fault_plugins: Path) -> None:
+    """It runs under SCHED_BATCH: its wake-ups leave the training thread on its core."""
+    cfg = {"dir": str(tmp_path / "runs"), "fallback": None, "delivery": "process",
+           "backends": {"recorder": {"out": str(tmp_path / "out.jsonl")}}}
+    with ft.init(cfg) as run:
+        run.log({"loss": 1.0}, step=0)
+        child = run._dispatcher.process  # type: ignore[union-attr]
+        deadline = time.monotonic() + 30  # it switches once its interpreter has started
+        while os.sched_getscheduler(child.pid) != os.SCHED_BATCH and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.sched_getscheduler(child.pid) == os.SCHED_BATCH
+        # Only the delivery process: the training process keeps its policy.
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    assert metric_steps(tmp_path / "out.jsonl") == {0: 1}
