@@ -2,7 +2,7 @@
 people use today, in one process.
 
     python benchmarks/peers.py [--step-ms 1,10] [--step-kind train|sleep|compute]
-                               [--steps 500] [--block 100] [--repeat 1]
+                               [--pairs 3] [--pairs-ours 30] [--block-s 1] [--repeat 1]
                                [--also 10:sleep] [--hot-steps 2000]
                                [--backends wandb,tensorboard,mlflow] [--cases ...] [--write-docs]
 
@@ -25,22 +25,29 @@ MLP (torch, CPU, one thread): a fixed number of them, as many as take
 whatever a tracker takes from the training thread makes the step longer, as
 in a real loop (``--step-kind sleep`` leaves the interpreter free instead, as
 while a loop waits on a GPU). Per case, in one process and one tracker
-session, the loop alternates blocks of ``--block`` untracked steps (the same
-step and metrics dict, no log call) and ``--block`` tracked steps,
-``--steps / --block`` pairs of them (untracked first, then tracked first, and
-so on), so whatever the machine does meanwhile weighs on both alike. The
-ratio is the median wall time per step of the tracked blocks over that of
-the untracked blocks. Before the first block the case logs tracked warm-up
-steps and waits until every backend has delivered them (foundry-track starts
-its trackers in the background); after each tracked block it waits, untimed,
-until its trackers hold every step logged so far, so that no untracked block
-pays for a tracker still delivering the previous block.
+session, the loop alternates blocks of untracked steps (the same step and
+metrics dict, no log call) and blocks of tracked steps, each about
+``--block-s`` seconds of untracked steps, ``--pairs`` pairs of them
+(``--pairs-ours`` for the control and foundry-track's default config, whose
+ratios are near 1 where this machine's noise needs many pairs), untracked
+first, then tracked first, and so on, so whatever the machine does meanwhile
+weighs on both alike. The ratio is the median over the pairs of the tracked
+block's wall time per step over the untracked one's. Before the first block
+the case logs tracked warm-up steps and waits until every backend has
+delivered them (foundry-track starts its trackers in the background). A case
+that delivers in the background logs an untimed lead-in block before each
+tracked block, so that the tracked block pays for delivering the steps
+before it while it logs its own, as in a loop that tracks all along; after
+the tracked block it waits, untimed, until its trackers hold every step
+logged so far, so that no untracked block pays for a tracker still
+delivering.
 
 Secondary columns: the cost of the log call(s) as the loop sees it (p50,
 p99), the blocking set-up, the finish (flush and close), and whether every
 backend received every logged step, read back with each tracker's own reader.
 ``--repeat K`` runs everything K times (the order of the cases reversed every
-other time) and reports per case the median of the K ratios. ``--also`` runs
+other time) and reports per case the median of the K ratios, with a 90 %
+bootstrap interval of the median over every run's pairs pooled. ``--also`` runs
 the control and foundry-track with other training steps, ``--hot-steps`` with
 none at all (one block each: the backends thousands of steps behind, the
 call as cheap as it gets). Garbage collection stays on, as in a training
@@ -57,6 +64,7 @@ import gc
 import importlib.util
 import logging
 import os
+import random
 import secrets
 import statistics
 import sys
@@ -147,10 +155,21 @@ class Result:
     finish_s: float
     received: dict[str, Received]
     parts: dict[str, list[int]] = field(default_factory=dict)
+    #: times the training thread was preempted per 1,000 steps, untracked and tracked blocks
+    preempted: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def pairs(self) -> list[float]:
+        """Each pair's own ratio: a tracked block over the untracked block next to it in time."""
+        return [t / u for u, t in zip(self.untracked, self.tracked)]
 
     @property
     def ratio(self) -> float:
-        return statistics.median(self.tracked) / statistics.median(self.untracked)
+        # The median of the pairs' ratios, not a ratio of medians: the two
+        # blocks of a pair run within seconds of each other, so a slow spell
+        # of the machine (on this VM, +-15 % for seconds at a time) weighs on
+        # both and cancels out of their ratio.
+        return statistics.median(self.pairs)
 
     @property
     def complete(self) -> bool:
@@ -182,7 +201,16 @@ class Row:
     @property
     def pair_ratios(self) -> list[float]:
         """Each pair of blocks' own ratio, every run: how much the ratio moves from block to block."""
-        return sorted(t / u for r in self.runs for u, t in zip(r.untracked, r.tracked))
+        return sorted(p for r in self.runs for p in r.pairs)
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """A 90 % confidence interval of the median pair ratio, every run's pairs pooled (bootstrap):
+        how precisely the method tells this row's ratio; the control's is the noise floor."""
+        pairs = self.pair_ratios
+        rng = random.Random(0)
+        medians = sorted(statistics.median(rng.choices(pairs, k=len(pairs))) for _ in range(2000))
+        return medians[100], medians[1899]
 
     @property
     def call(self) -> Stats:
@@ -498,6 +526,18 @@ def training_step(setting: Setting) -> tuple[Callable[[], None] | None, str]:
     return step, f"{n} {unit}{'s' if n != 1 else ''} ({detail})"
 
 
+def preempted() -> int:
+    """How many times the scheduler has taken a core from this thread (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/thread-self/status") as fh:
+            for line in fh:
+                if line.startswith("nonvoluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def run_block(work: Callable[[], None] | None, log: Log, first: int, n: int, samples: list[int]) -> float:
     """``n`` steps: the training step, the metrics dict, the (timed) log call.
     Returns the wall seconds per step. Tracked and untracked blocks run this
@@ -517,7 +557,7 @@ def run_block(work: Callable[[], None] | None, log: Log, first: int, n: int, sam
 
 
 def run_case(name: str, env: Env, setting: Setting, work: Callable[[], None] | None, pairs: int, block: int,
-             tag: str = "") -> Result:
+             tag: str = "", lead_in: bool = True) -> Result:
     label, setup, _ = CASES[name]
     case_dir = env.tmp / (name + tag)
     case_dir.mkdir()
@@ -558,15 +598,29 @@ def run_case(name: str, env: Env, setting: Setting, work: Callable[[], None] | N
     untracked: list[float] = []
     tracked: list[float] = []
     samples: list[int] = []
+    # A case that delivers in the background (foundry-track, MLflow async)
+    # logs a lead-in block before each measured tracked block: the measured
+    # block then pays for delivering the lead-in's steps while it logs its
+    # own, as every block of a loop that tracks all along does, and the wait
+    # after it (untimed) only keeps that work out of the untracked block.
+    lead = block if lead_in and harness.caught_up is not None else 0
+    switches = [0, 0]
     for i in range(pairs):
         for is_tracked in ((False, True) if i % 2 == 0 else (True, False)):
             if is_tracked:
+                if lead:
+                    run_block(work, log, logged, lead, ignored)
+                    logged += lead
+                before = preempted()
                 tracked.append(run_block(work, log, logged, block, samples))
+                switches[1] += preempted() - before
                 logged += block
                 if i < pairs - 1 or i % 2 == 1:  # after the last block, what is behind is finish's
                     settle()
             else:
+                before = preempted()
                 untracked.append(run_block(work, _untracked, logged, block, ignored))
+                switches[0] += preempted() - before
         ignored.clear()
     if harness.parts:  # the warm-up's calls are not in the call statistics
         for part in harness.parts.values():
@@ -586,8 +640,10 @@ def run_case(name: str, env: Env, setting: Setting, work: Callable[[], None] | N
             assert env.uri is not None
             got = mlflow_values(env.uri, place)
         received[backend] = compare(expected, got)
+    per_1000 = 1000 / (pairs * block)
     return Result(name, harness.label or label, harness.backends, setting, untracked, tracked, samples, setup_s,
-                  warmup_steps, warmup_s, finish_s, received, harness.parts)
+                  warmup_steps, warmup_s, finish_s, received, harness.parts,
+                  (switches[0] * per_1000, switches[1] * per_1000))
 
 
 # --------------------------------------------------------------------------- #
@@ -622,7 +678,8 @@ def _rows(rows: list[Row], markdown: bool) -> tuple[list[str], list[list[str]]]:
     header = ["case", "backends", "step", "untracked ms/step", "tracked ms/step", "tracked/untracked"]
     if repeat > 1:
         header.append(f"each of the {repeat} runs")
-    header += ["block pairs p10-p90", "call p50", "call p99", "set-up", "finish", "every event delivered"]
+    header += ["90% CI", "block pairs p10-p90", "preempted per 1k steps", "call p50", "call p99", "set-up", "finish",
+               "every event delivered"]
     out = []
     for row in rows:
         name, ratio = row.first.name, _x(row.ratio)
@@ -634,7 +691,10 @@ def _rows(rows: list[Row], markdown: bool) -> tuple[list[str], list[list[str]]]:
         if repeat > 1:
             line.append(", ".join(_x(r.ratio) for r in row.runs))
         lo, hi = pairs[round(0.1 * (len(pairs) - 1))], pairs[round(0.9 * (len(pairs) - 1))]
-        line += [f"{_x(lo)} - {_x(hi)}",
+        ci_lo, ci_hi = row.interval
+        untracked_cs = statistics.median(r.preempted[0] for r in row.runs)
+        tracked_cs = statistics.median(r.preempted[1] for r in row.runs)
+        line += [f"{_x(ci_lo)} - {_x(ci_hi)}", f"{_x(lo)} - {_x(hi)}", f"{untracked_cs:.0f} -> {tracked_cs:.0f}",
                  fmt_us(row.call.p50), fmt_us(row.call.p99), fmt_s(row.setup_s), fmt_s(row.finish_s),
                  row.delivered()]
         out.append(line)
@@ -722,23 +782,36 @@ def _verdicts(rows: list[Row]) -> list[str]:
 
 
 def _describe(args: argparse.Namespace, server_start_s: float | None, steps_text: dict[Setting, str]) -> str:
-    block, pairs = _sizes(args.steps, args.block)
     steps = "; ".join(f"{s}, {steps_text[s]}" for s in steps_text if s.ms > 0)
+    if args.steps:
+        sizes = f"{args.steps} tracked steps per case in blocks of {args.block or f'{args.block_s:g} s'}"
+    else:
+        size = f"{args.block} steps" if args.block else f"{args.block_s:g} s of untracked steps"
+        sizes = (f"{args.pairs_ours} pairs of blocks for the control and the default config, {args.pairs} for "
+                 f"the other cases; a block is {size}")
     text = [f"Every case with a {' and a '.join(f'{ms:g} ms' for ms in args.step_ms)} {args.step_kind} step"]
     if _also(args):
         text.append(f"; the control and foundry-track also with a {' and a '.join(map(str, _also(args)))} step")
     if args.hot_steps:
         text.append(f"; then with none, {args.hot_steps:,} steps back to back (one block of each)")
     text.append(f". The steps, sized once at the start: {steps}. "
-                f"Per case and step, in one process and one tracker session: {pairs} pairs of a block of {block} "
-                f"untracked and a block of {block} tracked steps, untracked first, then tracked first, and so "
-                "on, after tracked warm-up steps and a wait until every backend has delivered them")
+                f"Per case and step, in one process and one tracker session: {sizes}; the pairs alternate "
+                "untracked first, then tracked first, after tracked warm-up steps and a wait until every "
+                "backend has delivered them. A case that delivers in the background logs a lead-in block "
+                "(not timed) before each tracked block, so the tracked block pays for delivering what was "
+                "logged before it, as in a loop that tracks all along; the wait for delivery after a tracked "
+                "block is not timed")
     if args.repeat > 1:
         text.append(f"; all of it {args.repeat} times, the order of the cases reversed every other time")
-    text.append(". **tracked/untracked**: median wall time per step of the tracked blocks over that of the "
-                "untracked blocks (the same step and metrics dict, no log call)"
+    text.append(". **tracked/untracked**: the median over the pairs of a tracked block's wall time per step "
+                "over that of the untracked block next to it (the same step and metrics dict, no log call)"
                 + (f", median of the {args.repeat} runs" if args.repeat > 1 else "")
-                + "; block pairs p10-p90: the spread of each pair's own ratio; call p50/p99: the log call(s) "
+                + "; 90% CI: bootstrap interval of that median, every run's pairs pooled (the control's "
+                "is the method's noise floor); block pairs p10-p90: the spread of each pair's own ratio; "
+                "preempted: how many times per 1,000 steps the scheduler took the training thread's core, in "
+                "the untracked and in the tracked blocks (what the trackers' processes and threads cost it "
+                "beyond CPU time); "
+                "call p50/p99: the log call(s) "
                 "of one step as the loop sees it; set-up: blocking time to create the runs; finish: flush and "
                 "close after the last step; every event delivered: every logged step, warm-up included, read "
                 "back from each tracker's own storage (TensorBoard event files with EventAccumulator, the "
@@ -772,10 +845,19 @@ def write_docs(rows: list[Row], args: argparse.Namespace, server_start_s: float 
 # --------------------------------------------------------------------------- #
 
 
-def _sizes(steps: int, block: int) -> tuple[int, int]:
-    """(block, pairs): ``steps`` tracked steps in blocks of ``block`` (fewer steps: one block of them)."""
-    block = max(1, min(block, steps))
-    return block, max(1, steps // block)
+#: The rows whose ratio is near 1: they get --pairs-ours pairs of blocks.
+PRECISE = ("control", "foundry-track")
+
+
+def _sizes(args: argparse.Namespace, name: str, ms: float) -> tuple[int, int]:
+    """(pairs, block) for a case and a step of ``ms``: blocks of about ``--block-s`` seconds of
+    untracked steps (or ``--block`` steps), ``--pairs`` of them (``--pairs-ours`` for the rows
+    near 1), or ``--steps`` tracked steps in all."""
+    block = args.block or max(1, round(args.block_s * 1e3 / ms))
+    if args.steps:
+        block = min(block, args.steps)
+        return max(1, args.steps // block), block
+    return (args.pairs_ours if name in PRECISE else args.pairs), block
 
 
 def _also(args: argparse.Namespace) -> list[Setting]:
@@ -816,10 +898,18 @@ def main() -> int:
     parser.add_argument("--step-kind", choices=("train", "sleep", "compute"), default="train",
                         help="the training step: MLP training steps (torch, CPU), the interpreter free "
                         "(waiting on a GPU) or CPU matrix products")
-    parser.add_argument("--steps", type=int, default=500,
-                        help="measured tracked steps per case and step (as many untracked), in blocks of --block")
-    parser.add_argument("--block", type=int, default=100, help="steps per block (tracked and untracked blocks "
-                        "alternate)")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="pairs of blocks (one untracked, one tracked) per peer case and step (default 3: "
+                        "the peers' ratios are far from 1)")
+    parser.add_argument("--pairs-ours", type=int, default=30,
+                        help="pairs of blocks for the control and foundry-track's default config (default 30: "
+                        "their ratios are near 1, where the machine's noise needs many pairs)")
+    parser.add_argument("--block-s", type=float, default=1.0,
+                        help="seconds of untracked steps per block (default 1; at least the delivery interval)")
+    parser.add_argument("--block", type=int, default=None, help="steps per block instead of --block-s")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="measured tracked steps per case and step instead of --pairs/--pairs-ours: "
+                        "STEPS / block pairs for every case")
     parser.add_argument("--repeat", type=int, default=1, help="run the whole measurement this many times and "
                         "report the median ratio per case (the figures in the docs: 3)")
     parser.add_argument("--also", default="",
@@ -846,8 +936,10 @@ def main() -> int:
             ok = False
         if not ok or kind not in ("train", "sleep", "compute"):
             parser.error(f"--also: {extra!r} is not MS:KIND with MS > 0 and KIND train, sleep or compute (e.g. 10:sleep)")
-    if args.steps < 1 or args.block < 1 or args.repeat < 1 or args.hot_steps < 0:
-        parser.error("--steps, --block and --repeat must be >= 1, --hot-steps >= 0")
+    if (min(args.pairs, args.pairs_ours, args.repeat, args.block or 1, args.steps or 1) < 1 or args.hot_steps < 0
+            or args.block_s <= 0):
+        parser.error("--pairs, --pairs-ours, --steps, --block and --repeat must be >= 1, --block-s > 0, "
+                     "--hot-steps >= 0")
     unknown = (set(args.backends.split(",")) - set(BACKENDS)) | (set(args.cases.split(",")) - set(CASES))
     if unknown or not backends:
         parser.error(f"unknown or no backends/cases: {sorted(unknown) or args.backends}")
@@ -870,11 +962,10 @@ def main() -> int:
     cwd = Path.cwd()
     results: list[Result] = []
     steps_text: dict[Setting, str] = {}
-    block, pairs = _sizes(args.steps, args.block)
     plan: list[tuple[str, Setting, int, int]] = [
-        (name, Setting(ms, args.step_kind), pairs, block) for ms in args.step_ms for name in cases]
+        (name, Setting(ms, args.step_kind), *_sizes(args, name, ms)) for ms in args.step_ms for name in cases]
     ours = [name for name in OURS if name in cases]
-    plan += [(name, setting, pairs, block) for setting in _also(args) for name in ours]
+    plan += [(name, setting, *_sizes(args, name, setting.ms)) for setting in _also(args) for name in ours]
     if args.hot_steps:
         plan += [(name, Setting(0.0, ""), 1, args.hot_steps) for name in ours]
     folder = (contextlib.nullcontext(tempfile.mkdtemp(prefix="ft-peers-")) if args.keep
@@ -917,12 +1008,13 @@ def main() -> int:
                     tag = f"-{setting.ms:g}ms{setting.kind}" + (f"-run{run}" if args.repeat > 1 else "")
                     print(f"run {run + 1}/{args.repeat}: {name}, {setting} step, {n_pairs} x ({n} untracked + {n} "
                           "tracked) ...", flush=True)
-                    r = run_case(name, env, setting, work[setting], n_pairs, n, tag)
+                    r = run_case(name, env, setting, work[setting], n_pairs, n, tag, lead_in=setting.ms > 0)
                     results.append(r)
                     print(f"  {_x(r.ratio)}: {statistics.median(r.untracked) * 1e3:.3f} -> "
                           f"{statistics.median(r.tracked) * 1e3:.3f} ms/step; set-up {fmt_s(r.setup_s)}, "
                           f"{r.warmup_steps} warm-up steps and trackers ready in {fmt_s(r.warmup_s)}, "
-                          f"finish {fmt_s(r.finish_s)}; received: "
+                          f"finish {fmt_s(r.finish_s)}; training thread preempted {r.preempted[0]:.1f} -> "
+                          f"{r.preempted[1]:.1f} times per 1,000 steps; received: "
                           + (", ".join(f"{LABEL[b]} {v}" for b, v in r.received.items()) or "-"), flush=True)
         finally:
             if server is not None:
