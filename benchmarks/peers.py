@@ -463,7 +463,7 @@ def warm_up_mlflow(uri: str) -> None:
 # --------------------------------------------------------------------------- #
 
 
-def training_step(setting: Setting) -> tuple[Callable[[], None] | None, str]:
+def training_step(setting: Setting) -> tuple[Callable[[], None] | None, str, float]:
     """The work between two log calls, about ``setting.ms`` long, and what it is.
 
     ``train`` (the default): real training steps of a small MLP (forward,
@@ -480,10 +480,10 @@ def training_step(setting: Setting) -> tuple[Callable[[], None] | None, str]:
     the loop cannot get the interpreter back when the wait ends.
     """
     if setting.ms <= 0:
-        return None, "none"
+        return None, "none", 0.0
     seconds = setting.ms / 1e3
     if setting.kind == "sleep":
-        return (lambda: time.sleep(seconds)), f"time.sleep({seconds:g})"
+        return (lambda: time.sleep(seconds)), f"time.sleep({seconds:g})", seconds
     import torch
 
     torch.set_num_threads(1)  # one core for the step; the trackers' processes get the other(s)
@@ -511,19 +511,27 @@ def training_step(setting: Setting) -> tuple[Callable[[], None] | None, str]:
         unit, detail = "MLP training iteration", "128-512-10, batch 64, SGD, one thread"
     for _ in range(20):  # warm caches and torch's first-call paths
         one()
+    # Timed over about 2 s, in 40 samples: this VM's speed wanders by +-15 %
+    # over seconds, and a step sized in one slow (or fast) moment would be
+    # a different step from the one its label names.
+    t0 = time.perf_counter()
+    for _ in range(10):
+        one()
+    batch = max(1, round(0.05 / ((time.perf_counter() - t0) / 10)))
     per_unit = []
-    for _ in range(7):
+    for _ in range(40):
         t0 = time.perf_counter()
-        for _ in range(10):
+        for _ in range(batch):
             one()
-        per_unit.append((time.perf_counter() - t0) / 10)
-    n = max(1, round(seconds / statistics.median(per_unit)))
+        per_unit.append((time.perf_counter() - t0) / batch)
+    unit_s = statistics.median(per_unit)
+    n = max(1, round(seconds / unit_s))
 
     def step() -> None:
         for _ in range(n):
             one()
 
-    return step, f"{n} {unit}{'s' if n != 1 else ''} ({detail})"
+    return step, f"{n} {unit}{'s' if n != 1 else ''} ({detail}), {n * unit_s * 1e3:.2f} ms", n * unit_s
 
 
 def preempted() -> int:
@@ -849,11 +857,13 @@ def write_docs(rows: list[Row], args: argparse.Namespace, server_start_s: float 
 PRECISE = ("control", "foundry-track")
 
 
-def _sizes(args: argparse.Namespace, name: str, ms: float) -> tuple[int, int]:
-    """(pairs, block) for a case and a step of ``ms``: blocks of about ``--block-s`` seconds of
-    untracked steps (or ``--block`` steps), ``--pairs`` of them (``--pairs-ours`` for the rows
-    near 1), or ``--steps`` tracked steps in all."""
-    block = args.block or max(1, round(args.block_s * 1e3 / ms))
+def _sizes(args: argparse.Namespace, name: str, setting: Setting, step_s: float) -> tuple[int, int]:
+    """(pairs, block) for a case and a step measured at ``step_s``: blocks of about ``--block-s``
+    seconds of untracked steps (or ``--block`` steps), ``--pairs`` of them (``--pairs-ours`` for the
+    rows near 1), or ``--steps`` tracked steps in all; no step: one block of ``--hot-steps``."""
+    if setting.ms <= 0:
+        return 1, args.hot_steps
+    block = args.block or max(1, round(args.block_s / max(step_s, 1e-6)))
     if args.steps:
         block = min(block, args.steps)
         return max(1, args.steps // block), block
@@ -962,12 +972,11 @@ def main() -> int:
     cwd = Path.cwd()
     results: list[Result] = []
     steps_text: dict[Setting, str] = {}
-    plan: list[tuple[str, Setting, int, int]] = [
-        (name, Setting(ms, args.step_kind), *_sizes(args, name, ms)) for ms in args.step_ms for name in cases]
+    plan: list[tuple[str, Setting]] = [(name, Setting(ms, args.step_kind)) for ms in args.step_ms for name in cases]
     ours = [name for name in OURS if name in cases]
-    plan += [(name, setting, *_sizes(args, name, setting.ms)) for setting in _also(args) for name in ours]
+    plan += [(name, setting) for setting in _also(args) for name in ours]
     if args.hot_steps:
-        plan += [(name, Setting(0.0, ""), 1, args.hot_steps) for name in ours]
+        plan += [(name, Setting(0.0, "")) for name in ours]
     folder = (contextlib.nullcontext(tempfile.mkdtemp(prefix="ft-peers-")) if args.keep
               else tempfile.TemporaryDirectory(prefix="ft-peers-"))
     with folder as tmp_name:
@@ -979,6 +988,12 @@ def main() -> int:
         server_start_s = None
         uri = None
         try:
+            # The steps are sized first, on a quiet machine (the MLflow server's
+            # start keeps a core busy for seconds), once, the same for every case.
+            work, step_s = {}, {}
+            for setting in dict.fromkeys(setting for _, setting in plan):
+                work[setting], steps_text[setting], step_s[setting] = training_step(setting)
+                print(f"{setting} step: {steps_text[setting]}")
             if "mlflow" in backends:
                 if args.mlflow_uri:
                     uri = args.mlflow_uri
@@ -998,13 +1013,10 @@ def main() -> int:
 
                 wandb.setup()  # W&B's service process: started once, not charged to the first case
             env = Env(tmp, uri, backends, tag=secrets.token_hex(3))
-            work = {}
-            for setting in dict.fromkeys(setting for _, setting, _, _ in plan):  # sized once, the same for all
-                work[setting], steps_text[setting] = training_step(setting)
-                print(f"{setting} step: {steps_text[setting]}")
             for run in range(args.repeat):
                 # Every other run in reverse: no case always follows the same one.
-                for name, setting, n_pairs, n in (plan if run % 2 == 0 else plan[::-1]):
+                for name, setting in (plan if run % 2 == 0 else plan[::-1]):
+                    n_pairs, n = _sizes(args, name, setting, step_s[setting])
                     tag = f"-{setting.ms:g}ms{setting.kind}" + (f"-run{run}" if args.repeat > 1 else "")
                     print(f"run {run + 1}/{args.repeat}: {name}, {setting} step, {n_pairs} x ({n} untracked + {n} "
                           "tracked) ...", flush=True)
