@@ -214,7 +214,7 @@ def _start_delivery(cfg: TrackingConfig, info: RunInfo, journal: Journal,
         return ProcessDelivery.start(
             journal, info.dir, {n: dict(cfg.backends[n] or {}) for n in chosen}, fallback=cfg.fallback,
             start_timeout=cfg.start_timeout, strict=cfg.strict, interval=cfg.delivery_interval,
-            deliver_here=deliver_here)
+            priority=cfg.delivery_priority, deliver_here=deliver_here)
     if previous:
         wait_for_orphaned_delivery(info.dir, previous)
     return start_dispatcher(journal, info, {n: options for n, (_, options) in chosen.items()},

@@ -155,18 +155,24 @@ def test_delivery_is_checked_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ft.init({"dir": str(tmp_path)})
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
-def test_the_delivery_process_does_not_preempt_the_training_thread(tmp_path: Path, fault_plugins: Path) -> None:
-    """It runs under SCHED_BATCH: its wake-ups leave the training thread on its core."""
-    cfg = {"dir": str(tmp_path / "runs"), "fallback": None, "delivery": "process",
-           "backends": {"recorder": {"out": str(tmp_path / "out.jsonl")}}}
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="scheduling policies are Linux's")
+@pytest.mark.parametrize("priority", [None, "batch", "normal"])
+def test_the_delivery_process_yields_the_cpu_to_training(tmp_path: Path, fault_plugins: Path,
+                                                         priority: str | None) -> None:
+    """By default it runs under SCHED_IDLE (only on CPU time training leaves free);
+    ``delivery_priority: batch`` is SCHED_BATCH, ``normal`` leaves it as it is.
+    The training process keeps its own policy either way."""
+    expected = {None: os.SCHED_IDLE, "batch": os.SCHED_BATCH, "normal": os.SCHED_OTHER}[priority]
+    cfg: dict[str, object] = {"dir": str(tmp_path / "runs"), "fallback": None, "delivery": "process",
+                              "backends": {"recorder": {"out": str(tmp_path / "out.jsonl")}}}
+    if priority is not None:
+        cfg["delivery_priority"] = priority
     with ft.init(cfg) as run:
         run.log({"loss": 1.0}, step=0)
         child = run._dispatcher.process  # type: ignore[union-attr]
         deadline = time.monotonic() + 30  # it switches once its interpreter has started
-        while os.sched_getscheduler(child.pid) != os.SCHED_BATCH and time.monotonic() < deadline:
+        while os.sched_getscheduler(child.pid) != expected and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert os.sched_getscheduler(child.pid) == os.SCHED_BATCH
-        # Only the delivery process: the training process keeps its policy.
+        assert os.sched_getscheduler(child.pid) == expected
         assert os.sched_getscheduler(0) == os.SCHED_OTHER
     assert metric_steps(tmp_path / "out.jsonl") == {0: 1}

@@ -12,7 +12,7 @@ same process. In its own process it takes a core instead.
 The two talk over the child's stdin and stdout, one JSON line each way:
 
 - at start, parent -> child: ``{"backends": {name: options}, "fallback",
-  "start_timeout", "strict", "interval"}``. The options travel on a pipe, not on the
+  "start_timeout", "strict", "interval", "priority"}``. The options travel on a pipe, not on the
   command line, so a token in them never shows in ``ps``.
 - at finish, parent -> child: ``{"finish": status, "timeout": seconds}``.
 - while it runs, child -> parent: ``{"log": [logger name, level, message]}``
@@ -92,9 +92,10 @@ class ProcessDelivery:
     @classmethod
     def start(cls, journal: Journal, run_dir: Path, backends: Mapping[str, Mapping[str, Any]], *,
               fallback: str | None, start_timeout: float, strict: bool, interval: float = 0.0,
+              priority: str = "idle",
               deliver_here: Callable[[list[str]], Dispatcher]) -> ProcessDelivery:
         setup = {"backends": {n: dict(o) for n, o in backends.items()}, "fallback": fallback,
-                 "start_timeout": start_timeout, "strict": strict, "interval": interval,
+                 "start_timeout": start_timeout, "strict": strict, "interval": interval, "priority": priority,
                  "log_level": logging.getLogger("foundry_track").getEffectiveLevel()}
         return cls(journal, run_dir, setup, strict, deliver_here)
 
