@@ -322,8 +322,10 @@ def tracker_flush() -> Mapping[str, str] | None:
     then, an SDK that queues what it is given. Then the dispatcher moves this
     backend's journal position only after this hook returned, so an event is
     never counted as delivered while it sits in a buffer a crash would lose.
-    It is called about once a second while events flow, when the backend has
-    caught up, and before :func:`tracker_finish`; right after
+    It is called after each round of batches that caught up with the journal
+    (once per ``tracking.delivery_interval``, 1 s by default, while events
+    flow), about once a second while a backlog is worked through, and before
+    :func:`tracker_finish`; right after
     :func:`tracker_start` too, so there is a checkpoint from the beginning.
 
     Return a checkpoint: short strings that say where the durable data ends

@@ -214,12 +214,24 @@ def _start_delivery(cfg: TrackingConfig, info: RunInfo, journal: Journal,
         return ProcessDelivery.start(
             journal, info.dir, {n: dict(cfg.backends[n] or {}) for n in chosen}, fallback=cfg.fallback,
             start_timeout=cfg.start_timeout, strict=cfg.strict, interval=cfg.delivery_interval,
-            priority=cfg.delivery_priority, deliver_here=deliver_here)
+            priority=_delivery_priority(cfg, journal), deliver_here=deliver_here)
     if previous:
         wait_for_orphaned_delivery(info.dir, previous)
     return start_dispatcher(journal, info, {n: options for n, (_, options) in chosen.items()},
                             dict(previous.get("backend_ids", {})), fallback=cfg.fallback,
                             start_timeout=cfg.start_timeout, strict=cfg.strict, interval=cfg.delivery_interval)
+
+
+def _delivery_priority(cfg: TrackingConfig, journal: Journal) -> str:
+    """``idle`` only where the delivery process cannot hold up the training
+    process's commits: with SQLite's rollback journal (network file systems) a
+    reader's lock blocks the writer, and a reader that gets no CPU for a while
+    would make the training process's journal wait on it."""
+    if cfg.delivery_priority == "idle" and journal.journal_mode != "wal":
+        _log.debug("foundry-track: journal_mode=%s: the delivery process takes a fair share (batch), not idle",
+                    journal.journal_mode)
+        return "batch"
+    return cfg.delivery_priority
 
 
 def wait_for_orphaned_delivery(run_dir: Path, data: Mapping[str, Any]) -> None:

@@ -313,7 +313,7 @@ class Worker:
                 self._moved(batch.last_seq)
                 if self.buffered and time.monotonic() - self._flushed >= _FLUSH_EVERY and not self._flush():
                     return False
-            if len(records) < BATCH_LIMIT:  # caught up with what was committed: durable now, then rest
+            if d.interval > 0 and len(records) < BATCH_LIMIT:  # caught up: durable now, then rest
                 if self.durable < self.pos and not self._flush():
                     return False
                 self._rest(round_began + d.interval - time.monotonic())

@@ -51,11 +51,9 @@ def test_one_batch_per_interval_and_finish_does_not_wait_for_the_next(
     # Every step arrived, once.
     assert metric_steps(out) == {s: 1 for s in range(steps)}
     # ~3 s of logging with a 1 s interval: a round when the backend started,
-    # then one per second, then what finish() delivers.
-    assert 2 <= batches <= SECONDS / 1.0 + 3, batches
-    # finish() feeds the backend at once instead of resting out the interval
-    # (the journal's last commit and the delivery process's exit take well under 1 s).
-    assert finish_s < 3.0, finish_s
+    # then at most one per second, then what finish() delivers.
+    assert 1 <= batches <= SECONDS / 1.0 + 3, batches
+    assert finish_s < 10, finish_s  # a_long_interval_does_not_hold_finish checks the rest is cut short
 
 
 def test_interval_zero_delivers_as_soon_as_committed(tmp_path: Path, fault_plugins: Path) -> None:
@@ -72,7 +70,11 @@ def test_a_long_interval_does_not_hold_finish(tmp_path: Path, fault_plugins: Pat
     with ft.init(cfg) as run:
         for step in range(50):
             run.log({"loss": float(step)}, step=step)
-        time.sleep(1.5)  # the backend has started and rests for 30 s after its first round
+        deadline = time.monotonic() + 60
+        while len(metric_steps(out)) < 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # The backend holds the first 50 steps: it delivered a round and now rests for 30 s.
+        assert len(metric_steps(out)) == 50
         for step in range(50, 100):
             run.log({"loss": float(step)}, step=step)
         t0 = time.monotonic()
