@@ -40,6 +40,10 @@ def calibrate(step_ms: float) -> int:
     width = 64
     while True:
         model, opt, x, y = mlp_step(width)
+        for _ in range(5):  # torch's first calls are slow: a width timed on them would be far too small
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
         started = time.perf_counter()
         for _ in range(20):
             opt.zero_grad()
