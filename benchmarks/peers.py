@@ -774,7 +774,7 @@ def _verdicts(rows: list[Row]) -> list[str]:
     for row in rows:
         if not _is_ours(row):
             continue
-        added = row.tracked_ms - row.untracked_ms
+        added = (row.ratio - 1) * row.untracked_ms  # what the ratio adds to the untracked step
         text = (f"{row.first.name}, {row.first.setting} step: tracked/untracked {_x(row.ratio)} "
                 f"({added:+.3f} ms per step)")
         if row.first.setting in floor:
