@@ -546,10 +546,13 @@ def preempted() -> int:
     return 0
 
 
-def run_block(work: Callable[[], None] | None, log: Log, first: int, n: int, samples: list[int]) -> float:
+def run_block(work: Callable[[], None] | None, log: Log, first: int, n: int,
+              samples: list[int]) -> tuple[float, int]:
     """``n`` steps: the training step, the metrics dict, the (timed) log call.
-    Returns the wall seconds per step. Tracked and untracked blocks run this
-    same loop; an untracked block's ``log`` does nothing."""
+    Returns the wall seconds per step and how many times the training thread
+    was preempted meanwhile. Tracked and untracked blocks run this same loop;
+    an untracked block's ``log`` does nothing."""
+    switches = preempted()
     clock = time.perf_counter_ns
     start = clock()
     for step in range(first, first + n):
@@ -561,7 +564,8 @@ def run_block(work: Callable[[], None] | None, log: Log, first: int, n: int, sam
         t0 = clock()
         log(metrics, step)
         samples.append(clock() - t0)
-    return (clock() - start) / 1e9 / n
+    wall = (clock() - start) / 1e9 / n
+    return wall, preempted() - switches
 
 
 def run_case(name: str, env: Env, setting: Setting, work: Callable[[], None] | None, pairs: int, block: int,
@@ -619,16 +623,16 @@ def run_case(name: str, env: Env, setting: Setting, work: Callable[[], None] | N
                 if lead:
                     run_block(work, log, logged, lead, ignored)
                     logged += lead
-                before = preempted()
-                tracked.append(run_block(work, log, logged, block, samples))
-                switches[1] += preempted() - before
+                wall, preemptions = run_block(work, log, logged, block, samples)
+                tracked.append(wall)
+                switches[1] += preemptions
                 logged += block
                 if i < pairs - 1 or i % 2 == 1:  # after the last block, what is behind is finish's
                     settle()
             else:
-                before = preempted()
-                untracked.append(run_block(work, _untracked, logged, block, ignored))
-                switches[0] += preempted() - before
+                wall, preemptions = run_block(work, _untracked, logged, block, ignored)
+                untracked.append(wall)
+                switches[0] += preemptions
         ignored.clear()
     if harness.parts:  # the warm-up's calls are not in the call statistics
         for part in harness.parts.values():

@@ -144,8 +144,8 @@ def _backend_options(backends: Mapping[str, Any], journal: Journal,
     return options, missing
 
 
-#: tracking.delivery_priority -> the Linux scheduling policy of the delivery process
-_POLICIES: Final = {"idle": "SCHED_IDLE", "batch": "SCHED_BATCH", "normal": "SCHED_OTHER"}
+#: tracking.delivery_priority -> the Linux scheduling policy of the delivery process ("normal": left as it is)
+_POLICIES: Final = {"idle": "SCHED_IDLE", "batch": "SCHED_BATCH"}
 
 
 def _yield_to_training(priority: str) -> None:
@@ -159,13 +159,14 @@ def _yield_to_training(priority: str) -> None:
     1.21x the untracked step with SCHED_BATCH, 1.05x with SCHED_IDLE, every
     event delivered in both. An unprivileged process cannot take a policy back,
     so it is chosen once, here."""
-    policy = getattr(os, _POLICIES.get(priority, "SCHED_OTHER"), None)
-    if policy is None or priority == "normal":  # not Linux, or nothing to change
+    name = _POLICIES.get(priority)
+    policy = getattr(os, name, None) if name else None
+    if name is None or policy is None:  # nothing to change, or not Linux
         return
     try:
         os.sched_setscheduler(0, policy, os.sched_param(0))
     except OSError as exc:  # a container's seccomp profile; delivery works as before
-        print(f"foundry-track delivery: could not switch to {_POLICIES[priority]}: {exc}", file=sys.stderr)
+        print(f"foundry-track delivery: could not switch to {name}: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
