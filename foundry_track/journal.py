@@ -25,8 +25,10 @@ import json
 import logging
 import math
 import sqlite3
+import sys
 import threading
 import time
+from array import array
 from collections import deque
 from pathlib import Path
 from typing import Any, Final, Iterable, Iterator, Mapping
@@ -52,7 +54,7 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     step INTEGER NOT NULL,
     time REAL NOT NULL,
-    data TEXT NOT NULL
+    data TEXT NOT NULL  -- JSON, or a BLOB of packed floats for a metrics event
 );
 CREATE INDEX IF NOT EXISTS events_kind_step ON events (kind, step);
 CREATE TABLE IF NOT EXISTS positions (
@@ -85,9 +87,29 @@ def _log_mode_once(path: Path, mode: str, why: str) -> None:
                   "run directory at a time" if mode == "delete" else "")
 
 
-def _decode_json(text: str) -> Any:
+_CONSTANTS: Final = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_KEYS: dict[bytes, list[str]] = {}  # the keys part of packed metrics, read once per key set
+_KEYS_MAX: Final = 1024
+_SWAP: Final = sys.byteorder != "little"
+
+
+def decode_data(data: str | bytes) -> Any:
+    """An event's ``data`` column: JSON text, or a metrics event's packed
+    floats (:func:`foundry_track.journal_writer.pack_floats`)."""
+    if type(data) is bytes:
+        cut = data.index(b"\n")
+        head = data[:cut]
+        keys = _KEYS.get(head)
+        if keys is None:
+            if len(_KEYS) >= _KEYS_MAX:
+                _KEYS.clear()
+            keys = _KEYS[head] = json.loads(head)
+        values = array("d", data[cut + 1:])
+        if _SWAP:
+            values.byteswap()
+        return dict(zip(keys, values.tolist()))
     # NaN and inf are written as JSON's NaN/Infinity extensions and read back.
-    return json.loads(text, parse_constant=lambda c: {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[c])
+    return json.loads(data, parse_constant=_CONSTANTS.__getitem__)
 
 
 class Journal(JournalWriter):
@@ -183,7 +205,7 @@ class Journal(JournalWriter):
             "SELECT seq, kind, step, time, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit),
         ).fetchall()
-        return [Record(s, k, st, t, _decode_json(d)) for s, k, st, t, d in rows]
+        return [Record(s, k, st, t, decode_data(d)) for s, k, st, t, d in rows]
 
     def iter_records(self, kind: str | None = None, batch: int = 5000) -> Iterator[Record]:
         """Every committed record (optionally of one kind), in order, read from disk."""
@@ -198,7 +220,7 @@ class Journal(JournalWriter):
             if not rows:
                 return
             for s, k, st, t, d in rows:
-                yield Record(s, k, st, t, _decode_json(d))
+                yield Record(s, k, st, t, decode_data(d))
             last = rows[-1][0]
 
     def max_step(self) -> int | None:
@@ -333,5 +355,5 @@ class Journal(JournalWriter):
             rows = self._conn().execute(
                 f"SELECT seq, kind, step, time, data FROM events WHERE seq IN ({','.join('?' * len(chunk))}) "
                 "ORDER BY seq", chunk).fetchall()
-            records += [Record(s, k, st, t, _decode_json(d)) for s, k, st, t, d in rows]
+            records += [Record(s, k, st, t, decode_data(d)) for s, k, st, t, d in rows]
         return records
