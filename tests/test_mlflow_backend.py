@@ -30,6 +30,7 @@ from foundry_track_mlflow import (
     MlflowOptions,
     clean_name,
     is_transient,
+    log_batch_json,
 )
 from mlflow.exceptions import MlflowException, RestException
 
@@ -481,6 +482,30 @@ def test_a_retried_batch_adds_no_duplicate_points(client: mlflow.MlflowClient, m
     backend.tracker_log_metrics(rows=rows)
     for key in KEYS:
         assert [s for s, _ in _history(client, ids["run_id"], key)] == list(range(1200)), key
+
+
+@pytest.mark.parametrize("value", [0.1 + 0.2, -0.0, 1e-300, 123456789.0, math.nan, math.inf, -math.inf])
+def test_the_log_batch_body_is_what_mlflow_client_sends(value: float) -> None:
+    # The backend writes log-batch's JSON itself (MLflow's encoder takes 17 us
+    # a point); the server must get exactly what MlflowClient.log_batch sends.
+    from mlflow.entities import Metric
+    from mlflow.protos.service_pb2 import LogBatch
+    from mlflow.utils.proto_json_utils import message_to_json
+
+    points = [("train/loss", value, 1_765_000_000_123, 7), ("é:ключ", 2.5, 1_765_000_000_124, 2**40)]
+    theirs = json.loads(message_to_json(LogBatch(run_id="abc123", metrics=[Metric(*p).to_proto() for p in points])))
+    ours = json.loads(log_batch_json("abc123", points))
+    assert ours == theirs  # NaN and the infinities as protobuf's strings, on both sides
+
+
+def test_points_go_through_mlflow_rest_call_only_to_a_rest_server(mlflow_server: MlflowServer, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    backend, _, _ = _backend(tmp_path, mlflow_server.uri)
+    assert backend._post_log_batch is not None
+    monkeypatch.setattr(backend._client, "log_batch", None)  # the slow path would fail
+    backend.tracker_log_metrics(rows=[MetricRow(0, time.time(), {"loss": 1.0})])
+    local, _, _ = _backend(tmp_path, f"sqlite:///{tmp_path}/m.db")
+    assert local._post_log_batch is None  # MLflow's SQL store in this process: no JSON at all
 
 
 def test_dead_server_fails_fast_and_transient(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Final, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -106,6 +106,45 @@ MAX_KEY_LENGTH: Final = 250
 MAX_EXPERIMENT_NAME_LENGTH: Final = 500
 # The server rejects a log_batch request body over 1e6 bytes; stay well below.
 MAX_REQUEST_BYTES: Final = 800_000
+
+_JSON: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def log_batch_json(run_id: str, metrics: Sequence[tuple[str, float, int, int]]) -> str:
+    """The body of MLflow's REST ``runs/log-batch`` for ``(key, value, timestamp, step)`` points:
+    what ``MlflowClient.log_batch`` sends, written directly (protobuf's JSON
+    names NaN and the infinities as strings)."""
+    return _JSON.encode({"run_id": run_id, "metrics": [
+        {"key": k, "value": v if math.isfinite(v) else ("NaN" if v != v else "Infinity" if v > 0 else "-Infinity"),
+         "timestamp": t, "step": s} for k, v, t, s in metrics]})
+
+
+def rest_log_batch(client: Any) -> Callable[[str], object] | None:
+    """MLflow's own REST call for ``log-batch`` (its auth, TLS, timeouts and
+    errors), taking a body :func:`log_batch_json` wrote; None where the
+    client's store is not MLflow's REST store, or would add to each point
+    what the body lacks (an active model id).
+
+    Why: ``MlflowClient.log_batch`` builds a ``Metric`` object, a protobuf
+    message and pretty-printed JSON through protobuf's pure-Python printer
+    for each point, 17 us per point here; at a 1 ms step with 10 scalars that
+    was 0.17 ms of CPU per step in the delivery process. Written directly,
+    1.6 us. Only private names of MLflow's change between versions, so
+    anything missing falls back to ``MlflowClient.log_batch``.
+    """
+    try:
+        from mlflow.protos.service_pb2 import LogBatch
+        from mlflow.store.tracking.rest_store import RestStore
+        from mlflow.tracking.fluent import get_active_model_id
+
+        store = client._tracking_client.store
+        call = store._call_endpoint
+    except (ImportError, AttributeError):
+        return None
+    if not isinstance(store, RestStore) or not callable(call) or get_active_model_id() is not None:
+        return None
+    return lambda body: call(LogBatch, body)
+
 
 # Set with os.environ.setdefault at start (see the module docstring).
 HTTP_ENV_DEFAULTS: Final = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
@@ -321,6 +360,7 @@ class MlflowBackend:
 
     def __init__(self) -> None:
         self._client: Any = None
+        self._post_log_batch: Callable[[str], object] | None = None
         self._mlflow: Any = None  # the mlflow.entities module: Metric, Param, RunTag
         self.run_id: str | None = None
         self.tracking_uri: str | None = None
@@ -363,6 +403,7 @@ class MlflowBackend:
         experiment_name = (options.experiment or run.project)[:MAX_EXPERIMENT_NAME_LENGTH]
         with self._errors("start"):
             self._client = mlflow.MlflowClient(tracking_uri=uri)
+            self._post_log_batch = rest_log_batch(self._client)
             found = self._saved_run(run, resume_state.get("run_id"))
             if found is None:
                 experiment_id, created = self._experiment_id(experiment_name, options.artifact_location)
@@ -560,9 +601,8 @@ class MlflowBackend:
 
     @foundry_track.hookimpl
     def tracker_log_metrics(self, rows: Sequence[MetricRow]) -> None:
-        metric = self._mlflow.Metric
         names, lens = self._names, self._json_lens
-        batch: list[Any] = []
+        batch: list[tuple[str, float, int, int]] = []
         size = 0
         with self._errors("log_metrics"):
             for row in rows:
@@ -575,13 +615,21 @@ class MlflowBackend:
                         value = float(value)
                     except OverflowError:  # an int beyond a double: MLflow's stand-in for inf
                         value = math.copysign(sys.float_info.max, value)
-                    batch.append(metric(name, value, ts, step))
+                    batch.append((name, value, ts, step))
                     size += lens[name]
                     if len(batch) >= MAX_METRICS_PER_BATCH or size >= MAX_REQUEST_BYTES:
-                        self._client.log_batch(self.run_id, metrics=batch, synchronous=True)
+                        self._send_metrics(batch)
                         batch, size = [], 0
             if batch:
-                self._client.log_batch(self.run_id, metrics=batch, synchronous=True)
+                self._send_metrics(batch)
+
+    def _send_metrics(self, batch: list[tuple[str, float, int, int]]) -> None:
+        post = self._post_log_batch
+        if post is not None and self.run_id is not None:
+            post(log_batch_json(self.run_id, batch))
+        else:
+            metric = self._mlflow.Metric
+            self._client.log_batch(self.run_id, metrics=[metric(*m) for m in batch], synchronous=True)
 
     def _name(self, key: str) -> str:
         """MLflow name of a user key, cached; warns once per key that had to change."""
