@@ -25,18 +25,17 @@ import json
 import logging
 import math
 import sqlite3
-import sys
 import threading
 import time
-from array import array
 from collections import deque
 from pathlib import Path
 from typing import Any, Final, Iterable, Iterator, Mapping
 
+from foundry_track.errors import RunDirError
 from foundry_track.journal_mode import JournalMode, choose_journal_mode
-from foundry_track.journal_writer import JournalWriter, Record
+from foundry_track.journal_writer import JournalWriter, Record, unpack_floats
 
-__all__ = ["Journal", "Record", "JOURNAL_FILE"]
+__all__ = ["Journal", "Record", "JOURNAL_FILE", "JOURNAL_FORMAT", "decode_data"]
 
 _log = logging.getLogger("foundry_track")
 JOURNAL_FILE: Final = "journal.db"
@@ -88,26 +87,17 @@ def _log_mode_once(path: Path, mode: str, why: str) -> None:
 
 
 _CONSTANTS: Final = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-_KEYS: dict[bytes, list[str]] = {}  # the keys part of packed metrics, read once per key set
-_KEYS_MAX: Final = 1024
-_SWAP: Final = sys.byteorder != "little"
+# PRAGMA user_version of journal.db. 0: version 0.1, every event JSON; 1: a
+# metrics event may be packed floats. A journal of a later format is refused
+# with a clear error rather than misread.
+JOURNAL_FORMAT: Final = 1
 
 
 def decode_data(data: str | bytes) -> Any:
     """An event's ``data`` column: JSON text, or a metrics event's packed
     floats (:func:`foundry_track.journal_writer.pack_floats`)."""
     if type(data) is bytes:
-        cut = data.index(b"\n")
-        head = data[:cut]
-        keys = _KEYS.get(head)
-        if keys is None:
-            if len(_KEYS) >= _KEYS_MAX:
-                _KEYS.clear()
-            keys = _KEYS[head] = json.loads(head)
-        values = array("d", data[cut + 1:])
-        if _SWAP:
-            values.byteswap()
-        return dict(zip(keys, values.tolist()))
+        return unpack_floats(data)
     # NaN and inf are written as JSON's NaN/Infinity extensions and read back.
     return json.loads(data, parse_constant=_CONSTANTS.__getitem__)
 
@@ -141,8 +131,18 @@ class Journal(JournalWriter):
                 columns = {row[1] for row in con.execute("PRAGMA table_info(positions)")}
                 if "checkpoint" not in columns:  # a run directory from version 0.1
                     con.execute("ALTER TABLE positions ADD COLUMN checkpoint TEXT")
+                if self._format(con) < JOURNAL_FORMAT:
+                    con.execute(f"PRAGMA user_version = {JOURNAL_FORMAT}")
+        self._format(self._conn())
         row = self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
         self._last_seq: int = row[0]
+
+    def _format(self, con: sqlite3.Connection) -> int:
+        version: int = con.execute("PRAGMA user_version").fetchone()[0]
+        if version > JOURNAL_FORMAT:
+            raise RunDirError(f"{self.path} was written by a newer foundry-track (journal format {version}, this "
+                              f"version reads up to {JOURNAL_FORMAT}): pip install -U foundry-track")
+        return version
 
     # -- connections ------------------------------------------------------- #
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from foundry_track.journal import JOURNAL_FILE, Journal, decode_data
+from foundry_track.errors import RunDirError
+from foundry_track.journal import JOURNAL_FILE, JOURNAL_FORMAT, Journal, decode_data
 from foundry_track.journal_writer import pack_floats
 
 
@@ -71,14 +72,31 @@ def test_a_journal_written_as_json_only_still_reads(tmp_path: Path) -> None:
     journal.close()
     con = sqlite3.connect(tmp_path / JOURNAL_FILE)
     con.execute("INSERT INTO events VALUES (1, 'metrics', 0, 1.0, ?)", ('{"loss":0.5,"nan":NaN,"inf":-Infinity}',))
+    con.execute("PRAGMA user_version = 0")
     con.commit()
     con.close()
+    # Resumed by this version: its events are packed, the old one still reads.
+    resumed = Journal(tmp_path / JOURNAL_FILE)
+    resumed.append("metrics", 1, 2.0, {"loss": 0.25})
+    resumed.close()
     reader = Journal(tmp_path / JOURNAL_FILE, readonly=True)
     try:
-        (record,) = reader.read_after(0, 10)
+        old, new = reader.read_after(0, 10)
     finally:
         reader.close()
-    assert record.data["loss"] == 0.5 and math.isnan(record.data["nan"]) and record.data["inf"] == -math.inf
+    assert old.data["loss"] == 0.5 and math.isnan(old.data["nan"]) and old.data["inf"] == -math.inf
+    assert new.data == {"loss": 0.25}
+
+
+def test_the_journal_says_its_format_and_a_newer_one_is_refused_clearly(tmp_path: Path) -> None:
+    Journal(tmp_path / JOURNAL_FILE).close()
+    con = sqlite3.connect(tmp_path / JOURNAL_FILE)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == JOURNAL_FORMAT
+    con.execute(f"PRAGMA user_version = {JOURNAL_FORMAT + 1}")
+    con.close()
+    for readonly in (True, False):
+        with pytest.raises(RunDirError, match=r"newer foundry-track .*pip install -U foundry-track"):
+            Journal(tmp_path / JOURNAL_FILE, readonly=readonly)
 
 
 def test_packing_is_smaller_than_json_and_self_describing() -> None:

@@ -236,7 +236,7 @@ def test_log_faster_than_the_journal_waits_instead_of_queueing_without_bound(rec
     # than the journal's writer commits. Without the backlog wait the queue of
     # uncommitted events holds most of the run at once (measured: ~97% of the
     # steps); with it, the queue stays within a few GIL hand-offs of the
-    # 100,000-value mark (10,000 events; measured 12,000-27,000), and every
+    # 100,000-value mark (10,000 events; measured 12,000-29,000), and every
     # step still arrives exactly once.
     steps, keys = 100_000, [f"m{i}" for i in range(10)]
     with ft.init(rec) as run:
