@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         TransientError,
     )
     from foundry_track.events import DoctorCheck
+    from foundry_track.plugins import import_sdk
     from foundry_track.run import Run
     from foundry_track.start import init, sync
 
@@ -46,6 +47,7 @@ __all__ = [
     "MissingDependency",
     "DoctorCheck",
     "hookimpl",
+    "import_sdk",
     "__version__",
 ]
 
@@ -67,6 +69,7 @@ _LAZY = {
     "RunDirError": "foundry_track.errors",
     "MissingDependency": "foundry_track.errors",
     "DoctorCheck": "foundry_track.events",
+    "import_sdk": "foundry_track.plugins",
 }
 
 

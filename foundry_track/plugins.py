@@ -9,14 +9,17 @@ plugin. Quiet when calling: the dispatcher talks to each backend through
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import os
+import threading
 import time
 import traceback
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Final, Iterator, Mapping, Sequence, cast
 
 import pluggy
@@ -50,11 +53,31 @@ __all__ = [
     "build_plugin_manager",
     "BackendHooks",
     "NoOptions",
+    "import_sdk",
 ]
 
 ENTRY_POINT_GROUP: Final = "foundry_track"
 HOOK_NAMES: Final = tuple(hookspecs.__all__)
 _log = logging.getLogger("foundry_track")
+
+
+_SDK_IMPORT: Final = threading.Lock()
+
+
+def import_sdk(name: str) -> ModuleType:
+    """Import a tracker's SDK (or a module that imports one) from a hook, one
+    SDK at a time.
+
+    Call it inside ``tracker_start``, not at module level. Why: each backend
+    starts on its own thread, so two SDKs may be imported at once, and numpy's
+    lazily imported submodules are not safe to import from two threads (seen:
+    MLflow's import of scipy and another backend's import of numpy at once
+    ended in a ``RecursionError`` in ``numpy.__getattr__`` importing
+    ``numpy.linalg``, and MLflow did not start). An SDK already imported
+    returns at once.
+    """
+    with _SDK_IMPORT:
+        return importlib.import_module(name)
 
 
 class NoOptions(BaseModel):

@@ -20,6 +20,7 @@ import time
 import uuid
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import mlflow
@@ -31,6 +32,7 @@ from foundry_track_mlflow import (
     clean_name,
     is_transient,
     log_batch_json,
+    rest_log_batch,
 )
 from mlflow.exceptions import MlflowException, RestException
 
@@ -495,17 +497,39 @@ def test_the_log_batch_body_is_what_mlflow_client_sends(value: float) -> None:
     points = [("train/loss", value, 1_765_000_000_123, 7), ("é:ключ", 2.5, 1_765_000_000_124, 2**40)]
     theirs = json.loads(message_to_json(LogBatch(run_id="abc123", metrics=[Metric(*p).to_proto() for p in points])))
     ours = json.loads(log_batch_json("abc123", points))
-    assert ours == theirs  # NaN and the infinities as protobuf's strings, on both sides
+    # NaN and the infinities as protobuf's strings on both sides; dumped to
+    # tell -0.0 from 0.0.
+    assert json.dumps(ours, sort_keys=True) == json.dumps(theirs, sort_keys=True)
 
 
 def test_points_go_through_mlflow_rest_call_only_to_a_rest_server(mlflow_server: MlflowServer, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    backend, _, _ = _backend(tmp_path, mlflow_server.uri)
+    backend, _, ids = _backend(tmp_path, mlflow_server.uri)
+    if not hasattr(mlflow.tracking.fluent, "get_active_model_id"):
+        pytest.skip("MLflow 2.x: MlflowClient.log_batch sends the points")
     assert backend._post_log_batch is not None
     monkeypatch.setattr(backend._client, "log_batch", None)  # the slow path would fail
-    backend.tracker_log_metrics(rows=[MetricRow(0, time.time(), {"loss": 1.0})])
+    backend.tracker_log_metrics(rows=[MetricRow(s, time.time(), {"loss": -0.0 if s else 1.0}) for s in range(3)])
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server.uri)
+    got = _history(client, ids["run_id"], "loss")
+    assert got == [(0, 1.0), (1, 0.0), (2, 0.0)]  # (the server's SQL store keeps no sign on zero)
     local, _, _ = _backend(tmp_path, f"sqlite:///{tmp_path}/m.db")
     assert local._post_log_batch is None  # MLflow's SQL store in this process: no JSON at all
+
+
+def test_a_plugin_store_overriding_log_batch_keeps_it(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    from mlflow.store.tracking.rest_store import RestStore
+
+    class TwoHostStore(RestStore):  # as a plugin store that mirrors writes would
+        def log_batch(self, run_id: str, metrics: Any, params: Any, tags: Any) -> None:
+            super().log_batch(run_id, metrics, params, tags)
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server.uri)
+    assert rest_log_batch(client) is not None
+    creds = client._tracking_client.store.get_host_creds
+    for store, fast in ((RestStore(creds), True), (TwoHostStore(creds), False)):
+        with_store = SimpleNamespace(_tracking_client=SimpleNamespace(store=store))
+        assert (rest_log_batch(with_store) is not None) is fast, store
 
 
 def test_dead_server_fails_fast_and_transient(tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,3 +90,24 @@ def test_trace_logs_each_hook_call(tmp_path: Path, fault_plugins: Path, monkeypa
 def test_sync_cli_errors_are_clear(tmp_path: Path) -> None:
     result = _cli("sync", str(tmp_path))
     assert result.returncode == 2 and "is not a foundry-track run directory" in result.stderr
+
+
+def test_sdks_are_imported_one_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Backends start on threads of their own; two SDK imports at once raced in
+    # numpy's lazy submodule import (a RecursionError, and MLflow never started).
+    from foundry_track.plugins import import_sdk
+
+    for name in ("slow_sdk_a", "slow_sdk_b"):
+        (tmp_path / f"{name}.py").write_text("import time\nSPAN = (time.monotonic(), time.sleep(0.3), time.monotonic())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    modules: list[Any] = []
+    threads = [threading.Thread(target=lambda n=n: modules.append(import_sdk(n))) for n in ("slow_sdk_a", "slow_sdk_b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (a_start, _, a_end), (b_start, _, b_end) = sorted(m.SPAN for m in modules)
+    assert a_end <= b_start, "the two imports overlapped"
+    assert import_sdk("slow_sdk_a") is sys.modules["slow_sdk_a"]
+    for name in ("slow_sdk_a", "slow_sdk_b"):
+        monkeypatch.delitem(sys.modules, name)

@@ -87,9 +87,7 @@ class TensorBoardBackend:
 
     @foundry_track.hookimpl
     def tracker_start(self, run: RunInfo, options: TensorBoardOptions, resume_state: Mapping[str, str]) -> dict[str, str]:
-        from foundry_track_tensorboard import _protos
-
-        self._pb = _protos
+        self._pb = _protos = foundry_track.import_sdk("foundry_track_tensorboard._protos")
         if resume_state.get("log_dir"):
             log_dir = Path(resume_state["log_dir"])  # a resumed run keeps its directory
         elif options.log_dir is None:

@@ -191,9 +191,7 @@ class WandbBackend:
                 "To log locally and upload later, set WANDB_MODE=offline."
             )
 
-        import wandb
-
-        self._wandb = wandb
+        self._wandb = foundry_track.import_sdk("wandb")
         # What the run already holds, read before wandb.init opens a new file for it.
         recovery = recover(resume_state, run_id)
         self._run = self._init(run, options, mode, run_id, resume_state)
