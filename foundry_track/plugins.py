@@ -74,10 +74,32 @@ def import_sdk(name: str) -> ModuleType:
     MLflow's import of scipy and another backend's import of numpy at once
     ended in a ``RecursionError`` in ``numpy.__getattr__`` importing
     ``numpy.linalg``, and MLflow did not start). An SDK already imported
-    returns at once.
+    returns at once. The first call imports numpy whole (when installed) for
+    the SDKs that load it lazily later.
     """
     with _SDK_IMPORT:
+        if not _SHARED_IMPORTED:
+            _SHARED_IMPORTED.append(True)
+            _import_shared()
         return importlib.import_module(name)
+
+
+_SHARED_IMPORTED: list[bool] = []
+# What the SDKs import lazily, outside any import_sdk: W&B loads numpy on
+# first use, scipy (MLflow's) runs `from numpy import *`, which imports these.
+_SHARED_MODULES: Final = ("numpy", "numpy.linalg", "numpy.fft", "numpy.random", "numpy.testing")
+
+
+def _import_shared() -> None:
+    """numpy, whole, before the first SDK: once it is in ``sys.modules`` no
+    thread can meet it half-imported (seen: W&B's lazy numpy load on one
+    thread while TensorBoard's protos imported numpy on another ended in
+    numpy's "partially initialized module" ImportError)."""
+    for module in _SHARED_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return  # no numpy: nothing to race on
 
 
 class NoOptions(BaseModel):
