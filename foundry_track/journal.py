@@ -133,7 +133,8 @@ class Journal(JournalWriter):
                     con.execute("ALTER TABLE positions ADD COLUMN checkpoint TEXT")
                 if self._format(con) < JOURNAL_FORMAT:
                     con.execute(f"PRAGMA user_version = {JOURNAL_FORMAT}")
-        self._format(self._conn())
+        else:
+            self._format(self._conn())
         row = self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
         self._last_seq: int = row[0]
 

@@ -218,9 +218,10 @@ class JournalWriter:
         # events in the last interval (a 1 ms step logs 100) is left alone
         # until the next commit (at most _QUIET_POLL): every wake-up of this
         # thread takes the GIL and, on a machine whose other cores are busy,
-        # the training thread's core. Faster than that, look at the queue every _POLL seconds, so a
-        # burst of log calls is committed, or held back by the backlog wait,
-        # before it piles up; while the queue is long, commit back to back.
+        # the training thread's core. Faster than that, look at the queue
+        # every _POLL seconds, so a burst of log calls is committed, or held
+        # back by the backlog wait, before it piles up; while the queue is
+        # long, commit back to back.
         last = time.monotonic()
         quiet = False
         try:

@@ -78,18 +78,16 @@ def import_sdk(name: str) -> ModuleType:
     the SDKs that load it lazily later.
     """
     with _SDK_IMPORT:
-        if not _SHARED_IMPORTED:
-            _SHARED_IMPORTED.append(True)
-            _import_shared()
+        _import_shared()
         return importlib.import_module(name)
 
 
-_SHARED_IMPORTED: list[bool] = []
 # What the SDKs import lazily, outside any import_sdk: W&B loads numpy on
 # first use, scipy (MLflow's) runs `from numpy import *`, which imports these.
 _SHARED_MODULES: Final = ("numpy", "numpy.linalg", "numpy.fft", "numpy.random", "numpy.testing")
 
 
+@lru_cache(maxsize=None)
 def _import_shared() -> None:
     """numpy, whole, before the first SDK: once it is in ``sys.modules`` no
     thread can meet it half-imported (seen: W&B's lazy numpy load on one
