@@ -13,6 +13,7 @@ import importlib
 import inspect
 import logging
 import os
+import sys
 import threading
 import time
 import traceback
@@ -79,7 +80,33 @@ def import_sdk(name: str) -> ModuleType:
     """
     with _SDK_IMPORT:
         _import_shared()
+        try:
+            return _import_clean(name)
+        except Exception as exc:  # noqa: BLE001 - retried once, then raised as it was
+            # Another thread's import may have met this one half-done (Python
+            # then hands one of them a partial module). Retrying at once, from
+            # a clean slate, usually finds the other import finished.
+            _log.debug("importing %s failed (%s: %s); trying once more", name, type(exc).__name__, exc)
+            return _import_clean(name)
+
+
+def _import_clean(name: str) -> ModuleType:
+    """Import ``name``; if that fails, forget what it left of its package.
+
+    Why: a failed import removes the package from ``sys.modules`` but keeps
+    the submodules it had finished, and a second import then gets a package
+    without them as attributes (seen: W&B's retry after a failed first import
+    raised "partially initialized module 'wandb' has no attribute 'errors'",
+    every time, so the backend never started)."""
+    package = name.partition(".")[0]
+    before = set(sys.modules)
+    try:
         return importlib.import_module(name)
+    except BaseException:
+        for module in set(sys.modules) - before:
+            if module == package or module.startswith(package + "."):
+                sys.modules.pop(module, None)
+        raise
 
 
 # What the SDKs import lazily, outside any import_sdk: W&B loads numpy on

@@ -111,3 +111,36 @@ def test_sdks_are_imported_one_at_a_time(tmp_path: Path, monkeypatch: pytest.Mon
     assert import_sdk("slow_sdk_a") is sys.modules["slow_sdk_a"]
     for name in ("slow_sdk_a", "slow_sdk_b"):
         monkeypatch.delitem(sys.modules, name)
+
+
+def test_a_failed_sdk_import_is_retried_from_a_clean_slate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A failed import keeps the submodules it finished; a plain retry then met a
+    # package without them ("partially initialized module 'wandb' has no
+    # attribute 'errors'"), every time, and the W&B backend never started.
+    from foundry_track.plugins import import_sdk
+
+    pkg = tmp_path / "flaky_sdk"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from flaky_sdk import errors\nimport flaky_sdk.boom\nimport flaky_sdk.user\n")
+    (pkg / "errors.py").write_text("class Error(Exception):\n    pass\n")
+    # Fails the first time only, like an import that met another thread's half-done one.
+    (pkg / "boom.py").write_text(
+        "import os\nif not os.path.exists(os.environ['FLAKY_MARK']):\n"
+        "    open(os.environ['FLAKY_MARK'], 'w').close()\n    raise ImportError('met a half-imported module')\n")
+    (pkg / "user.py").write_text("import flaky_sdk\nclass Retry(flaky_sdk.errors.Error):\n    pass\n")
+    monkeypatch.setenv("FLAKY_MARK", str(tmp_path / "mark"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        module = import_sdk("flaky_sdk")
+        assert module.user.Retry.__mro__[1] is module.errors.Error
+        assert (tmp_path / "mark").exists(), "the first import did not fail: the test proves nothing"
+        # And a package that fails every time still raises, leaving nothing behind.
+        (pkg / "boom.py").write_text("raise ImportError('broken install')\n")
+        for name in [m for m in sys.modules if m.partition(".")[0] == "flaky_sdk"]:
+            monkeypatch.delitem(sys.modules, name)
+        with pytest.raises(ImportError, match="broken install"):
+            import_sdk("flaky_sdk")
+        assert not [m for m in sys.modules if m.partition(".")[0] == "flaky_sdk"]
+    finally:
+        for name in [m for m in sys.modules if m.partition(".")[0] == "flaky_sdk"]:
+            sys.modules.pop(name, None)
