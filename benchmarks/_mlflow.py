@@ -41,6 +41,10 @@ class MlflowServer:
 
     root: Path
     port: int = field(default_factory=_free_port)
+    #: "idle" runs the server (and its uvicorn worker) under SCHED_IDLE, as a
+    #: local server should run next to a training loop; "normal" is how
+    #: `mlflow server` starts when nobody says otherwise.
+    priority: str = "normal"
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -67,7 +71,8 @@ class MlflowServer:
         t0 = time.monotonic()
         # Own session: the CLI and its uvicorn child form one process group we can stop together.
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                      cwd=self.root, env={**os.environ, **_ENV}, start_new_session=True)
+                                      cwd=self.root, env={**os.environ, **_ENV}, start_new_session=True,
+                                      preexec_fn=_idle if self.priority == "idle" else None)
         while not self._healthy():
             if self._proc.poll() is not None or time.monotonic() - t0 > timeout:
                 self.stop()
@@ -104,6 +109,14 @@ class MlflowServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _idle() -> None:
+    """In the server's process before exec: lowest CPU priority, inherited by its workers."""
+    if hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    else:  # not Linux
+        os.nice(19)
 
 
 def mlflow_target(backends: list[str], given_uri: str | None, tmp: Path) -> tuple[str, MlflowServer | None]:

@@ -487,13 +487,14 @@ def training_step(setting: Setting) -> tuple[Callable[[], None] | None, str, flo
     import torch
 
     torch.set_num_threads(1)  # one core for the step; the trackers' processes get the other(s)
+    a = torch.randn(128, 128)
+    mm = torch.mm
+
+    def product() -> None:
+        mm(a, a)
+
     if setting.kind == "compute":
-        a = torch.randn(128, 128)
-        mm = torch.mm
-
-        def one() -> None:
-            mm(a, a)
-
+        one: Callable[[], None] = product
         unit, detail = "128x128 matrix product", "torch.mm, one thread"
     else:
         torch.manual_seed(0)
@@ -509,29 +510,48 @@ def training_step(setting: Setting) -> tuple[Callable[[], None] | None, str, flo
             opt.step()
 
         unit, detail = "MLP training iteration", "128-512-10, batch 64, SGD, one thread"
-    for _ in range(20):  # warm caches and torch's first-call paths
-        one()
-    # Timed over about 2 s, in 40 samples: this VM's speed wanders by +-15 %
-    # over seconds, and a step sized in one slow (or fast) moment would be
-    # a different step from the one its label names.
-    t0 = time.perf_counter()
-    for _ in range(10):
-        one()
-    batch = max(1, round(0.05 / ((time.perf_counter() - t0) / 10)))
-    per_unit = []
-    for _ in range(40):
-        t0 = time.perf_counter()
-        for _ in range(batch):
-            one()
-        per_unit.append((time.perf_counter() - t0) / batch)
-    unit_s = statistics.median(per_unit)
-    n = max(1, round(seconds / unit_s))
+    unit_s = _time_of(one)
+    if setting.kind == "compute":
+        n, fill, fill_s = max(1, round(seconds / unit_s)), 0, 0.0
+    else:
+        # Whole iterations, then matrix products for the rest: an iteration is
+        # 0.55-0.7 ms here, and rounding alone made the "1 ms" step 0.66 ms in
+        # one run and 1.13 ms in the next, a different step from the label.
+        n = max(1, int(seconds / unit_s))
+        fill_s = _time_of(product)
+        fill = max(0, round((seconds - n * unit_s) / fill_s))
 
     def step() -> None:
         for _ in range(n):
             one()
+        for _ in range(fill):
+            product()
 
-    return step, f"{n} {unit}{'s' if n != 1 else ''} ({detail}), {n * unit_s * 1e3:.2f} ms", n * unit_s
+    total_s = n * unit_s + fill * fill_s
+    text = f"{n} {unit}{'s' if n != 1 else ''} ({detail})"
+    if fill:
+        text += f" and {fill} 128x128 matrix products"
+    return step, f"{text}, {total_s * 1e3:.2f} ms", total_s
+
+
+def _time_of(work: Callable[[], None]) -> float:
+    """Seconds one call of ``work`` takes on this machine: the median of 40
+    samples over about 2 s, as this VM's speed wanders by +-15 % over
+    seconds, and a step sized in one slow (or fast) moment would be a
+    different step from the one its label names."""
+    for _ in range(20):  # warm caches and torch's first-call paths
+        work()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        work()
+    batch = max(1, round(0.05 / ((time.perf_counter() - t0) / 10)))
+    per_call = []
+    for _ in range(40):
+        t0 = time.perf_counter()
+        for _ in range(batch):
+            work()
+        per_call.append((time.perf_counter() - t0) / batch)
+    return statistics.median(per_call)
 
 
 def preempted() -> int:
@@ -936,6 +956,10 @@ def main() -> int:
                         help="comma-separated subset of wandb,tensorboard,mlflow (no mlflow: no server is started)")
     parser.add_argument("--mlflow-uri", default=None,
                         help="use this running MLflow server instead of starting one (the smoke test does)")
+    parser.add_argument("--mlflow-server-priority", choices=("normal", "idle"), default="normal",
+                        help="CPU priority of the MLflow server this script starts: normal (as `mlflow server` "
+                        "starts; the docs' table) or idle (SCHED_IDLE, as `chrt --idle 0 mlflow server ...`: "
+                        "what the loop pays with a server that yields the CPU, like one on another machine)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     parser.add_argument("--keep", action="store_true", help="keep the runs' files (the temporary folder is printed)")
     parser.add_argument("--write-docs", action="store_true", help="write the table to docs/performance.md "
@@ -954,6 +978,8 @@ def main() -> int:
             or args.block_s <= 0):
         parser.error("--pairs, --pairs-ours, --steps, --block and --repeat must be >= 1, --block-s > 0, "
                      "--hot-steps >= 0")
+    if args.write_docs and args.mlflow_server_priority != "normal":
+        parser.error("--write-docs measures the server as it starts by default: drop --mlflow-server-priority")
     unknown = (set(args.backends.split(",")) - set(BACKENDS)) | (set(args.cases.split(",")) - set(CASES))
     if unknown or not backends:
         parser.error(f"unknown or no backends/cases: {sorted(unknown) or args.backends}")
@@ -1004,10 +1030,11 @@ def main() -> int:
                 else:
                     from _mlflow import MlflowServer
 
-                    server = MlflowServer(tmp / "mlflow-server")
+                    server = MlflowServer(tmp / "mlflow-server", priority=args.mlflow_server_priority)
                     server_start_s = server.start()
                     uri = server.uri
-                    print(f"mlflow server on {uri} (started in {server_start_s:.1f} s)")
+                    print(f"mlflow server on {uri} (started in {server_start_s:.1f} s, "
+                          f"{args.mlflow_server_priority} CPU priority)")
                 warm_up_mlflow(uri)
                 import mlflow
 
