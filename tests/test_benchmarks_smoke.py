@@ -94,3 +94,21 @@ def test_overhead_runs_and_writes_its_block(tmp_path: Path) -> None:
         assert row in out, out
     page = (docs / "performance.md").read_text()
     assert "<!-- BEGIN loop" in page and "in the MLP loop" in page
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and two CPUs")
+def test_neighbor_runs_and_stops_its_busy_loops() -> None:
+    out = run_script("neighbor.py", "--step-ms", "1", "--pairs", "2", "--block-s", "0.05")
+    assert "busy loop on the other CPU at normal priority:" in out and "at SCHED_IDLE:" in out, out
+    assert "x the step alone" in out
+    # Its busy loops are killed after each block: none may outlive the script.
+    left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _cmdline(pid).endswith("range(1000)])\n")]
+    assert not left, f"busy loops left running: {left}"
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").strip(" ")
+    except OSError:
+        return ""
