@@ -99,14 +99,24 @@ def _import_clean(name: str) -> ModuleType:
     raised "partially initialized module 'wandb' has no attribute 'errors'",
     every time, so the backend never started)."""
     package = name.partition(".")[0]
+    if package not in sys.modules:
+        # What an earlier failed import of the package left (one made outside
+        # import_sdk, e.g. a plugin's own `from wandb.sdk.lib import urls` in a
+        # try/except), or the retry below meets the same half-empty package.
+        _forget(package, set(sys.modules))
     before = set(sys.modules)
     try:
         return importlib.import_module(name)
     except BaseException:
-        for module in set(sys.modules) - before:
-            if module == package or module.startswith(package + "."):
-                sys.modules.pop(module, None)
+        _forget(package, set(sys.modules) - before)
         raise
+
+
+def _forget(package: str, modules: set[str]) -> None:
+    """Drop ``package`` and its submodules among ``modules`` from ``sys.modules``."""
+    for module in modules:
+        if module == package or module.startswith(package + "."):
+            sys.modules.pop(module, None)
 
 
 # What the SDKs import lazily, outside any import_sdk: W&B loads numpy on

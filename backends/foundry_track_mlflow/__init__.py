@@ -135,11 +135,12 @@ def rest_log_batch(client: Any) -> Callable[[str], object] | None:
     1.6 us. What it skips besides: MLflow's usage telemetry for the call.
     """
     try:
-        from mlflow.entities import Metric
-        from mlflow.protos.service_pb2 import LogBatch
-        from mlflow.store.tracking.rest_store import RestStore
-        from mlflow.tracking.fluent import get_active_model_id
-        from mlflow.utils.proto_json_utils import message_to_json
+        # Through import_sdk: another backend may be importing its SDK on its own thread.
+        Metric = foundry_track.import_sdk("mlflow.entities").Metric
+        LogBatch = foundry_track.import_sdk("mlflow.protos.service_pb2").LogBatch
+        RestStore = foundry_track.import_sdk("mlflow.store.tracking.rest_store").RestStore
+        get_active_model_id = foundry_track.import_sdk("mlflow.tracking.fluent").get_active_model_id
+        message_to_json = foundry_track.import_sdk("mlflow.utils.proto_json_utils").message_to_json
 
         store = client._tracking_client.store
         call = store._call_endpoint

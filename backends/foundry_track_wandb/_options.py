@@ -1,5 +1,5 @@
 """The W&B backend's options and how the environment resolves them: pure
-functions, no ``wandb`` import (``foundry-track doctor`` uses them too, so it
+functions, no ``wandb`` import at module level (``foundry-track doctor`` uses them too, so it
 sees exactly what a run will use)."""
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Final, Literal, Mapping
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
+
+import foundry_track
 
 __all__ = ["Mode", "WandbCredentialsError", "WandbOptions", "has_credentials", "resolve_base_url", "resolve_mode",
            "wandb_root"]
@@ -155,8 +157,10 @@ def resolve_base_url(options: WandbOptions) -> str:
     if found:
         return found.rstrip("/")
     try:
-        from wandb.sdk.lib import urls
-
+        # Through import_sdk: this is the first W&B import in tracker_start, on
+        # the backend's own thread; a bare `from wandb...` that failed (another
+        # backend's import at the same moment) left half a package behind.
+        urls = foundry_track.import_sdk("wandb.sdk.lib.urls")
         return str(urls.DEFAULT_BASE_URL)
     except (ImportError, AttributeError):  # older SDKs: the classic cloud host
         return _FALLBACK_BASE_URL
@@ -187,8 +191,7 @@ def _hosts(base_url: str) -> list[str]:
     accepts the W&B API host behind it, e.g. ``api.wandb.ai``)."""
     urls = [base_url]
     try:
-        from wandb.sdk.lib import urls as wandb_urls
-
+        wandb_urls = foundry_track.import_sdk("wandb.sdk.lib.urls")
         urls.append(wandb_urls.forge_upstream_url(base_url))
     except (ImportError, AttributeError):
         pass

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import foundry_track
+
 __all__ = ["Held", "STEP_METRIC", "ROWS_KEY", "scan", "later_segments", "wait_quiet"]
 
 #: The metric every other metric is plotted against (W&B's x-axis).
@@ -130,9 +132,8 @@ def _artifact(record: Any) -> Held:
 def scan(path: Path, offset: int) -> tuple[list[Held], int]:
     """What the file holds past ``offset`` that the backend can recognise, in
     file order, and the offset where its complete records end."""
-    from wandb.proto import wandb_internal_pb2
-
-    record_cls: Any = getattr(wandb_internal_pb2, "Record")  # noqa: B009 - no stubs
+    # Through import_sdk: it may run while another backend imports its SDK.
+    record_cls: Any = foundry_track.import_sdk("wandb.proto.wandb_internal_pb2").Record
     payloads, end = _payloads(path, offset)
     held: list[Held] = []
     for payload in payloads:
