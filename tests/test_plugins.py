@@ -171,3 +171,27 @@ def test_an_sdk_left_half_imported_by_an_import_outside_import_sdk_still_imports
     assert "plain import: partially initialized module 'wandb' has no attribute 'errors'" in done.stdout
     # ... and import_sdk gets a whole W&B out of it.
     assert "import_sdk: True" in done.stdout
+
+
+def test_built_in_backends_import_tracker_sdks_only_through_import_sdk() -> None:
+    # Hooks run on each backend's own thread; an SDK import outside import_sdk's
+    # lock met another backend's import and broke W&B's start in CI. Module-level
+    # imports are fine in modules that import_sdk itself loads (e.g. TensorBoard's
+    # _protos); `foundry-track doctor` (the _doctor modules) runs on one thread.
+    import ast
+
+    sdks = {"wandb", "mlflow", "tensorboard"}
+    root = Path(__file__).resolve().parents[1] / "backends"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "_doctor.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for inner in ast.walk(node):
+                names = ([a.name for a in inner.names] if isinstance(inner, ast.Import)
+                         else [inner.module or ""] if isinstance(inner, ast.ImportFrom) and not inner.level else [])
+                found += [f"{path.relative_to(root)}:{inner.lineno} {n}" for n in names if n.split(".")[0] in sdks]
+    assert root.is_dir() and list(root.rglob("*.py")), "no backends found: the test checks nothing"
+    assert not found, f"import these through foundry_track.import_sdk: {found}"

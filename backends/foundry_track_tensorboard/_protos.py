@@ -8,7 +8,7 @@ import socket
 import struct
 import time
 from pathlib import Path
-from typing import Any, Callable, Final, Mapping
+from typing import Any, Final, Mapping
 
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary, SummaryMetadata
@@ -111,23 +111,18 @@ def hparams_end(status: str) -> Event:
     return _hparams_event(hp_metadata.SESSION_END_INFO_TAG, data)
 
 
-def _masked_crc_function() -> Callable[[bytes], int]:
-    try:
-        import google_crc32c
-    except ImportError:  # correct but slow: tensorboard's pure-Python CRC32C
-        from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+# Imported at module level, not in a function: this module is loaded through
+# import_sdk (the lock backends share), and no tracker SDK is imported later.
+try:
+    import google_crc32c
+except ImportError:  # correct but slow: tensorboard's pure-Python CRC32C
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as _masked_crc
+else:
+    _crc = google_crc32c.value
 
-        return masked_crc32c  # type: ignore[no-any-return]
-    crc = google_crc32c.value
-
-    def masked(data: bytes) -> int:
-        x = int(crc(data))
+    def _masked_crc(data: bytes) -> int:
+        x = int(_crc(data))
         return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-    return masked
-
-
-_masked_crc = _masked_crc_function()
 _file_counter = itertools.count()
 
 
