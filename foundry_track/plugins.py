@@ -69,7 +69,9 @@ def import_sdk(name: str) -> ModuleType:
     """Import a tracker's SDK (or a module that imports one) from a hook, one
     SDK at a time.
 
-    Call it inside ``tracker_start``, not at module level. Why: each backend
+    Call it inside ``tracker_start``, not at module level, and for any of the
+    SDK's submodules a hook needs (``import_sdk("sdk.lib.urls")``, not a bare
+    ``from sdk.lib import urls``). Why: each backend
     starts on its own thread, so two SDKs may be imported at once, and numpy's
     lazily imported submodules are not safe to import from two threads (seen:
     MLflow's import of scipy and another backend's import of numpy at once
